@@ -1,0 +1,223 @@
+//! The untyped definitions both front ends (DSL and YAML) produce, with a span on every node.
+//!
+//! Names are not resolved here; that is the model stage's job.
+
+use crate::span::{Span, Spanned};
+use chrono::NaiveDate;
+
+/// A name as written, with its place.
+pub type Name = Spanned<String>;
+
+/// Everything one definition file declares.
+#[derive(Debug, Clone, Default)]
+pub struct Definitions {
+    pub sources: Vec<SourceDef>,
+    pub dimensions: Vec<DimensionDef>,
+    pub metrics: Vec<MetricDef>,
+    /// Targets, alerts and reports: read, not yet evaluated.
+    pub deferred: Vec<DeferredDef>,
+}
+
+impl Definitions {
+    pub fn extend(&mut self, other: Definitions) {
+        self.sources.extend(other.sources);
+        self.dimensions.extend(other.dimensions);
+        self.metrics.extend(other.metrics);
+        self.deferred.extend(other.deferred);
+    }
+}
+
+/// A target, alert or report: kept whole for the stages that evaluate them.
+#[derive(Debug, Clone)]
+pub struct DeferredDef {
+    /// `target`, `alert` or `report`.
+    pub kind: &'static str,
+    pub name: Name,
+    pub span: Span,
+}
+
+/// `source NAME { file: ..., time: ..., key: ..., join OTHER on COL }`
+#[derive(Debug, Clone)]
+pub struct SourceDef {
+    pub name: Name,
+    pub file: Option<Spanned<String>>,
+    /// `csv` or `parquet`; by default taken from the file extension.
+    pub format: Option<Spanned<String>>,
+    pub time: Option<Name>,
+    pub key: Option<Name>,
+    pub joins: Vec<JoinDef>,
+    pub meta: Meta,
+    pub span: Span,
+}
+
+/// `join TARGET on COLUMN` or `join TARGET on LOCAL_COLUMN = TARGET_COLUMN` (many-to-one).
+#[derive(Debug, Clone)]
+pub struct JoinDef {
+    pub target: Name,
+    pub column: Name,
+    pub target_column: Option<Name>,
+    pub span: Span,
+}
+
+/// `dimension NAME = expression`
+#[derive(Debug, Clone)]
+pub struct DimensionDef {
+    pub name: Name,
+    pub expr: Expr,
+    pub meta: Meta,
+    pub span: Span,
+}
+
+/// `metric NAME "Label" = expression { metadata }`
+#[derive(Debug, Clone)]
+pub struct MetricDef {
+    pub name: Name,
+    pub expr: Expr,
+    pub meta: Meta,
+    pub span: Span,
+}
+
+/// Metadata shared by every definition.
+#[derive(Debug, Clone, Default)]
+pub struct Meta {
+    pub label: Option<Spanned<String>>,
+    pub description: Option<Spanned<String>>,
+    pub owner: Option<Spanned<String>>,
+    pub tags: Vec<Spanned<String>>,
+    pub unit: Option<Spanned<String>>,
+    pub format: Option<Spanned<Format>>,
+    pub good: Option<Spanned<Direction>>,
+}
+
+/// How a value is shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    Number,
+    /// Currency with its ISO code, e.g. `currency(USD)`.
+    Currency(String),
+    Percent,
+    Duration,
+}
+
+impl Format {
+    pub fn parse(text: &str, arg: Option<&str>) -> Option<Format> {
+        match (text, arg) {
+            ("number", None) => Some(Format::Number),
+            ("percent", None) => Some(Format::Percent),
+            ("duration", None) => Some(Format::Duration),
+            ("currency", Some(code)) => Some(Format::Currency(code.to_uppercase())),
+            ("currency", None) => Some(Format::Currency("USD".into())),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Format::Number => write!(f, "number"),
+            Format::Currency(c) => write!(f, "currency({c})"),
+            Format::Percent => write!(f, "percent"),
+            Format::Duration => write!(f, "duration"),
+        }
+    }
+}
+
+/// Which direction of a metric is good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Up,
+    Down,
+}
+
+/// An expression of the one expression language (filters, dimensions, metrics).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expr {
+    pub kind: ExprKind,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExprKind {
+    Number(f64),
+    String(String),
+    Bool(bool),
+    Date(NaiveDate),
+    /// `2026-01`: the first day of a month, where a period is meant.
+    Month(NaiveDate),
+    Null,
+    /// A bare name: a column, a metric, a source or a dimension, depending on context.
+    Name(String),
+    /// `source.column`
+    Qualified(Name, Name),
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    Not(Box<Expr>),
+    Neg(Box<Expr>),
+    IsNull {
+        expr: Box<Expr>,
+        negated: bool,
+    },
+    InList {
+        expr: Box<Expr>,
+        list: Vec<Expr>,
+        negated: bool,
+    },
+    Between {
+        expr: Box<Expr>,
+        low: Box<Expr>,
+        high: Box<Expr>,
+        negated: bool,
+    },
+    /// A function or aggregate call, with an optional `where` filter (aggregates only).
+    Call {
+        name: Name,
+        args: Vec<Expr>,
+        filter: Option<Box<Expr>>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BinOp {
+    Or,
+    And,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+impl BinOp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinOp::Or => "or",
+            BinOp::And => "and",
+            BinOp::Eq => "=",
+            BinOp::Ne => "!=",
+            BinOp::Lt => "<",
+            BinOp::Le => "<=",
+            BinOp::Gt => ">",
+            BinOp::Ge => ">=",
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+        }
+    }
+
+    pub fn is_comparison(self) -> bool {
+        matches!(
+            self,
+            BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge
+        )
+    }
+
+    pub fn is_arithmetic(self) -> bool {
+        matches!(self, BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div)
+    }
+}

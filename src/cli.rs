@@ -1,0 +1,502 @@
+//! The command line: arguments in; text, exit code out. The only place that decides what
+//! reaches the terminal.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use tally::diagnostic::{self, Diagnostic, Severity};
+use tally::model::{self, Model};
+use tally::plan::{self, Query};
+use tally::project::{self, Project};
+use tally::settings::SettingsFile;
+use tally::span::Files;
+use tally::time::Grain;
+use tally::{data, output, run, syntax, yaml};
+
+/// tally: metrics as code. Definitions in, checked and computed numbers out.
+#[derive(Parser, Debug)]
+#[command(name = "tally", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub struct Global {
+    /// The project folder (holds tally.yaml and the definitions).
+    #[arg(long, global = true, default_value = ".")]
+    pub project: PathBuf,
+    /// Where definitions live (overrides tally.yaml).
+    #[arg(long, global = true)]
+    pub definitions: Option<String>,
+    /// Data root that relative source paths resolve against (overrides tally.yaml).
+    #[arg(long, global = true)]
+    pub data: Option<String>,
+    /// DataFusion memory pool, e.g. 2GB (overrides tally.yaml).
+    #[arg(long, global = true)]
+    pub memory_limit: Option<String>,
+    /// Time zone periods are cut in (overrides tally.yaml).
+    #[arg(long, global = true)]
+    pub time_zone: Option<String>,
+    /// First day of the week (overrides tally.yaml).
+    #[arg(long, global = true)]
+    pub week_start: Option<String>,
+    /// First month of the fiscal year (overrides tally.yaml).
+    #[arg(long, global = true)]
+    pub fiscal_year_start: Option<String>,
+    /// Threads for queries (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// Colour in messages.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    pub color: Color,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Parse and validate every definition against the sources' schemas, scanning no data.
+    Check {
+        /// A project folder (default: --project).
+        path: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "human")]
+        format: CheckFormat,
+    },
+    /// Compute metrics per period and breakdown.
+    Query {
+        /// Metric names.
+        #[arg(required = true)]
+        metrics: Vec<String>,
+        /// Period length: day, week, month, quarter or year (default: one total).
+        #[arg(long)]
+        by: Option<String>,
+        /// Break down by a dimension (repeat, or separate with commas).
+        #[arg(long = "dim")]
+        dims: Vec<String>,
+        /// First day included (YYYY-MM-DD, or YYYY-MM for a month's first day).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day included (YYYY-MM-DD, or YYYY-MM for a month's last day).
+        #[arg(long)]
+        to: Option<String>,
+        /// A filter in the expression language, e.g. 'channel = "phone"'.
+        #[arg(long = "where")]
+        filter: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: QueryFormat,
+    },
+    /// Show the plans that compute a metric, and portable SQL for them.
+    Explain {
+        metric: String,
+        #[arg(long)]
+        by: Option<String>,
+        #[arg(long = "dim")]
+        dims: Vec<String>,
+    },
+    /// List sources (with columns), dimensions and metrics.
+    List {
+        #[arg(long, value_enum, default_value = "human")]
+        format: ListFormat,
+    },
+    /// Print the JSON Schema of the YAML definition form.
+    Schema,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckFormat {
+    Human,
+    Json,
+    Github,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueryFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListFormat {
+    Human,
+    Json,
+}
+
+/// What a command produced.
+#[derive(Default)]
+pub struct Outcome {
+    pub stdout: String,
+    pub stderr: String,
+    pub code: i32,
+}
+
+struct Loaded {
+    project: Project,
+    model: Model,
+    ctx: datafusion::prelude::SessionContext,
+}
+
+impl Outcome {
+    fn diagnostics(files: &Files, diags: &[Diagnostic], color: bool) -> Outcome {
+        Outcome { stdout: String::new(), stderr: diagnostic::render_human(files, diags, color), code: diagnostic::exit_code(diags) }
+    }
+}
+
+pub async fn run(cli: Cli) -> Outcome {
+    let color = match cli.global.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none(),
+    };
+    match cli.command {
+        Command::Schema => Outcome {
+            stdout: serde_json::to_string_pretty(&yaml::json_schema()).unwrap_or_default() + "\n",
+            ..Outcome::default()
+        },
+        Command::Check { path, format } => {
+            let mut global = cli.global;
+            if let Some(p) = path {
+                global.project = p;
+            }
+            check(&global, format, color).await
+        }
+        Command::Query { metrics, by, dims, from, to, filter, format } => {
+            let loaded = match load(&cli.global, color).await {
+                Ok(l) => l,
+                Err(o) => return o,
+            };
+            query(loaded, &metrics, by.as_deref(), &dims, from.as_deref(), to.as_deref(), filter.as_deref(), format, color).await
+        }
+        Command::Explain { metric, by, dims } => {
+            let loaded = match load(&cli.global, color).await {
+                Ok(l) => l,
+                Err(o) => return o,
+            };
+            explain(loaded, &metric, by.as_deref(), &dims, color)
+        }
+        Command::List { format } => {
+            let loaded = match load(&cli.global, color).await {
+                Ok(l) => l,
+                Err(o) => return o,
+            };
+            list(&loaded, format)
+        }
+    }
+}
+
+fn overrides(g: &Global) -> SettingsFile {
+    SettingsFile {
+        definitions: g.definitions.clone(),
+        data: g.data.clone(),
+        memory_limit: g.memory_limit.clone(),
+        time_zone: g.time_zone.clone(),
+        week_start: g.week_start.clone(),
+        fiscal_year_start: g.fiscal_year_start.clone(),
+        threads: g.threads,
+        ..SettingsFile::default()
+    }
+}
+
+/// Loads and resolves the project; all of its problems, or the model.
+async fn resolve(g: &Global) -> (Files, Option<Loaded>, Vec<Diagnostic>) {
+    let (project, mut diags) = match project::load(&g.project, &overrides(g)) {
+        Ok(p) => p,
+        Err((files, d)) => return (files, None, d),
+    };
+    let ctx = match data::session(&project.settings) {
+        Ok(c) => c,
+        Err(d) => return (project.files, None, vec![d]),
+    };
+    let (model, more) = model::resolve(&ctx, &project.settings, &project.files, project.definitions.clone()).await;
+    diags.extend(more);
+    let failed = diags.iter().any(|d| d.severity == Severity::Error);
+    match model {
+        Some(model) if !failed => {
+            let files = project.files.clone();
+            (files, Some(Loaded { project, model, ctx }), diags)
+        }
+        _ => (project.files, None, diags),
+    }
+}
+
+async fn load(g: &Global, color: bool) -> Result<Loaded, Outcome> {
+    let (files, loaded, diags) = resolve(g).await;
+    match loaded {
+        Some(l) => Ok(l),
+        None => {
+            let errors: Vec<Diagnostic> = diags.into_iter().filter(|d| d.severity == Severity::Error).collect();
+            Err(Outcome::diagnostics(&files, &errors, color))
+        }
+    }
+}
+
+async fn check(g: &Global, format: CheckFormat, color: bool) -> Outcome {
+    let (files, loaded, diags) = resolve(g).await;
+    let code = diagnostic::exit_code(&diags);
+    match format {
+        CheckFormat::Human => {
+            let mut stderr = diagnostic::render_human(&files, &diags, color);
+            let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
+            let warnings = diags.len() - errors;
+            let summary = match &loaded {
+                Some(l) => format!(
+                    "{} sources, {} dimensions, {} metrics",
+                    l.model.sources.len(),
+                    l.model.dimensions.len(),
+                    l.model.metrics.len()
+                ),
+                None => String::new(),
+            };
+            if errors == 0 {
+                stderr.push_str(&format!("ok: {summary}{}\n", plural_warnings(warnings)));
+            } else {
+                stderr.push_str(&format!("{errors} error{}{}\n", if errors == 1 { "" } else { "s" }, plural_warnings(warnings)));
+            }
+            Outcome { stdout: String::new(), stderr, code }
+        }
+        CheckFormat::Json => Outcome {
+            stdout: serde_json::to_string_pretty(&diagnostic::render_json(&files, &diags)).unwrap_or_default() + "\n",
+            stderr: String::new(),
+            code,
+        },
+        CheckFormat::Github => Outcome { stdout: diagnostic::render_github(&files, &diags), stderr: String::new(), code },
+    }
+}
+
+fn plural_warnings(n: usize) -> String {
+    match n {
+        0 => String::new(),
+        1 => ", 1 warning".into(),
+        n => format!(", {n} warnings"),
+    }
+}
+
+fn usage(msg: impl Into<String>) -> Diagnostic {
+    Diagnostic::usage("E0901", msg)
+}
+
+/// Metric names from the command line, with "did you mean".
+fn metric_ids(model: &Model, names: &[String]) -> Result<Vec<usize>, Diagnostic> {
+    names
+        .iter()
+        .flat_map(|n| n.split(','))
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            model.metric(n).ok_or_else(|| {
+                usage(format!("unknown metric `{n}`")).suggest(n, model.metrics.iter().map(|m| m.name.as_str()))
+            })
+        })
+        .collect()
+}
+
+fn dimension_ids(model: &Model, names: &[String]) -> Result<Vec<usize>, Diagnostic> {
+    names
+        .iter()
+        .flat_map(|n| n.split(','))
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            model.dimension(n).ok_or_else(|| {
+                usage(format!("unknown dimension `{n}`")).suggest(n, model.dimensions.iter().map(|m| m.name.as_str()))
+            })
+        })
+        .collect()
+}
+
+fn grain(by: Option<&str>) -> Result<Option<Grain>, Diagnostic> {
+    by.map(|b| {
+        Grain::parse(b).ok_or_else(|| {
+            usage(format!("unknown grain `{b}`"))
+                .suggest(b, Grain::ALL.iter().map(|g| g.name()))
+                .note("grains: day, week, month, quarter, year")
+        })
+    })
+    .transpose()
+}
+
+/// `2026-03-15`, or `2026-03` (its first day, or its last day when `end`).
+fn date_arg(text: Option<&str>, end: bool, flag: &str) -> Result<Option<chrono::NaiveDate>, Diagnostic> {
+    let Some(t) = text else { return Ok(None) };
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        return Ok(Some(d));
+    }
+    if let Ok(first) = chrono::NaiveDate::parse_from_str(&format!("{t}-01"), "%Y-%m-%d") {
+        let d = if end { first + chrono::Months::new(1) - chrono::Days::new(1) } else { first };
+        return Ok(Some(d));
+    }
+    Err(usage(format!("{flag} `{t}` is not a date")).note("write YYYY-MM-DD, or YYYY-MM for a month"))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn query(
+    mut l: Loaded,
+    metrics: &[String],
+    by: Option<&str>,
+    dims: &[String],
+    from: Option<&str>,
+    to: Option<&str>,
+    filter: Option<&str>,
+    format: QueryFormat,
+    color: bool,
+) -> Outcome {
+    let q = (|| -> Result<Query, Diagnostic> {
+        let filter = match filter {
+            Some(f) => {
+                let id = l.project.files.add("--where", PathBuf::from("--where"), f.to_string());
+                Some(syntax::parse_expr(id, f, 0).map_err(|mut d| {
+                    d.category = diagnostic::Category::Usage;
+                    d
+                })?)
+            }
+            None => None,
+        };
+        Ok(Query {
+            metrics: metric_ids(&l.model, metrics)?,
+            grain: grain(by)?,
+            dimensions: dimension_ids(&l.model, dims)?,
+            from: date_arg(from, false, "--from")?,
+            to: date_arg(to, true, "--to")?,
+            filter,
+        })
+    })();
+    let q = match q {
+        Ok(q) => q,
+        Err(d) => return Outcome::diagnostics(&l.project.files, &[d], color),
+    };
+    let calendar = l.project.settings.calendar();
+    let metric_ids = q.metrics.clone();
+    match run::query(&l.ctx, &l.model, &l.project.files, &calendar, q).await {
+        Ok(table) => {
+            let formats: Vec<_> = metric_ids.iter().map(|&m| l.model.metrics[m].format.clone()).collect();
+            let stdout = match format {
+                QueryFormat::Table => output::table(&table, &formats),
+                QueryFormat::Csv => output::csv(&table),
+                QueryFormat::Json => serde_json::to_string_pretty(&output::json(&table)).unwrap_or_default() + "\n",
+            };
+            Outcome { stdout, ..Outcome::default() }
+        }
+        Err(d) => Outcome::diagnostics(&l.project.files, &[d], color),
+    }
+}
+
+fn explain(l: Loaded, metric: &str, by: Option<&str>, dims: &[String], color: bool) -> Outcome {
+    let q = (|| -> Result<Query, Diagnostic> {
+        Ok(Query {
+            metrics: metric_ids(&l.model, &[metric.to_string()])?,
+            grain: grain(by.or(Some("month")))?,
+            dimensions: dimension_ids(&l.model, dims)?,
+            from: None,
+            to: None,
+            filter: None,
+        })
+    })();
+    let calendar = l.project.settings.calendar();
+    let plan = match q.and_then(|q| plan::build(&l.model, &l.project.files, &calendar, q)) {
+        Ok(p) => p,
+        Err(d) => return Outcome::diagnostics(&l.project.files, &[d], color),
+    };
+    let id = plan.query.metrics[0];
+    let m = &l.model.metrics[id];
+    let mut out = format!("metric {} = {}\n", m.name, m.text);
+    if !matches!(m.formula, model::Formula::Measure(_)) {
+        out.push_str("  computed from the measures below, per period and breakdown value\n");
+        out.push_str("  (in Float64; a division by zero or null gives null)\n");
+    }
+    for (i, scan) in plan.scans.iter().enumerate() {
+        let src = &l.model.sources[scan.source];
+        out.push_str(&format!(
+            "\n-- scan {} of {}: source `{}` ({}), {} measure{}\n",
+            i + 1,
+            plan.scans.len(),
+            src.name,
+            src.data.display,
+            scan.measures.len(),
+            if scan.measures.len() == 1 { "" } else { "s" }
+        ));
+        out.push_str("\nlogical plan:\n");
+        match plan::optimize(&l.ctx, &scan.plan) {
+            Ok(p) => out.push_str(&format!("{}\n", p.display_indent())),
+            Err(_) => out.push_str(&format!("{}\n", scan.plan.display_indent())),
+        }
+        out.push_str("\nSQL:\n");
+        match datafusion::sql::unparser::plan_to_sql(&scan.plan) {
+            Ok(sql) => out.push_str(&format!("{sql};\n")),
+            Err(e) => out.push_str(&format!("(no SQL form: {})\n", e.strip_backtrace())),
+        }
+    }
+    for k in &plan.key_checks {
+        let src = &l.model.sources[k.source];
+        let j = &src.joins[k.join];
+        out.push_str(&format!(
+            "\n-- before the scans: `{}.{}` is checked to be unique (join from `{}`)\n",
+            l.model.sources[j.target].name, j.target_column, src.name
+        ));
+    }
+    Outcome { stdout: out, ..Outcome::default() }
+}
+
+fn list(l: &Loaded, format: ListFormat) -> Outcome {
+    let m = &l.model;
+    if format == ListFormat::Json {
+        let sources: Vec<_> = m
+            .sources
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name, "file": s.data.display,
+                    "format": format!("{:?}", s.data.kind).to_lowercase(),
+                    "time": s.time.as_ref().map(|t| &t.name), "key": s.key,
+                    "joins": s.joins.iter().map(|j| serde_json::json!({"source": m.sources[j.target].name, "column": j.column, "target_column": j.target_column})).collect::<Vec<_>>(),
+                    "columns": s.data.schema.fields().iter().map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string()})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let dims: Vec<_> = m
+            .dimensions
+            .iter()
+            .map(|d| serde_json::json!({"name": d.name, "source": m.sources[d.source].name, "label": d.label}))
+            .collect();
+        let metrics: Vec<_> = m
+            .metrics
+            .iter()
+            .map(|x| {
+                serde_json::json!({"name": x.name, "label": x.label, "definition": x.text, "format": x.format.to_string(), "owner": x.owner, "description": x.description, "tags": x.tags})
+            })
+            .collect();
+        let v = serde_json::json!({"sources": sources, "dimensions": dims, "metrics": metrics});
+        return Outcome { stdout: serde_json::to_string_pretty(&v).unwrap_or_default() + "\n", ..Outcome::default() };
+    }
+    let mut out = String::from("sources:\n");
+    for s in &m.sources {
+        out.push_str(&format!("  {}  {}", s.name, s.data.display));
+        if let Some(t) = &s.time {
+            out.push_str(&format!("  time: {}", t.name));
+        }
+        if let Some(k) = &s.key {
+            out.push_str(&format!("  key: {k}"));
+        }
+        out.push('\n');
+        for j in &s.joins {
+            out.push_str(&format!("    join {} on {} = {}\n", m.sources[j.target].name, j.column, j.target_column));
+        }
+        for f in s.data.schema.fields() {
+            out.push_str(&format!("    {:<24} {}\n", f.name(), f.data_type()));
+        }
+    }
+    out.push_str("dimensions:\n");
+    for d in &m.dimensions {
+        out.push_str(&format!("  {:<24} source {}\n", d.name, m.sources[d.source].name));
+    }
+    out.push_str("metrics:\n");
+    for x in &m.metrics {
+        let label = x.label.as_deref().map(|l| format!(" \"{l}\"")).unwrap_or_default();
+        out.push_str(&format!("  {}{label} = {}  [{}]\n", x.name, x.text, x.format));
+    }
+    Outcome { stdout: out, ..Outcome::default() }
+}

@@ -1,0 +1,283 @@
+//! Source data: where a source's files are, what format, and their schema — read from
+//! Parquet footers and CSV headers (plus a sample for types), never from a full scan.
+
+use crate::diagnostic::Diagnostic;
+use crate::settings::Settings;
+use crate::span::Span;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+/// The file format of a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Csv,
+    Parquet,
+}
+
+impl FileKind {
+    fn extension(self) -> &'static str {
+        match self {
+            FileKind::Csv => ".csv",
+            FileKind::Parquet => ".parquet",
+        }
+    }
+
+    fn format(self) -> Arc<dyn FileFormat> {
+        match self {
+            FileKind::Csv => Arc::new(
+                CsvFormat::default()
+                    .with_has_header(true)
+                    .with_schema_infer_max_rec(CSV_INFER_ROWS),
+            ),
+            FileKind::Parquet => Arc::new(ParquetFormat::default()),
+        }
+    }
+}
+
+/// Rows of a CSV file read to infer column types.
+const CSV_INFER_ROWS: usize = 1000;
+
+/// A source's data, located and with its schema known.
+#[derive(Debug, Clone)]
+pub struct SourceData {
+    /// The path as written in the definition.
+    pub display: String,
+    /// The resolved local path (a file, a folder, or a glob pattern).
+    pub path: PathBuf,
+    pub kind: FileKind,
+    /// File columns followed by Hive partition columns.
+    pub schema: SchemaRef,
+    options: ListingOptions,
+    url: ListingTableUrl,
+}
+
+impl SourceData {
+    /// A table provider that DataFusion plans can scan.
+    pub fn table(&self) -> datafusion::error::Result<Arc<ListingTable>> {
+        let file_schema = Arc::new(Schema::new(
+            self.schema.fields()[..self.schema.fields().len() - self.options.table_partition_cols.len()].to_vec(),
+        ));
+        let config = ListingTableConfig::new(self.url.clone())
+            .with_listing_options(self.options.clone())
+            .with_schema(file_schema);
+        Ok(Arc::new(ListingTable::try_new(config)?))
+    }
+}
+
+/// Builds the one DataFusion session tally uses: memory limit, threads.
+pub fn session(settings: &Settings) -> Result<SessionContext, Diagnostic> {
+    let mut config = SessionConfig::new().with_information_schema(false);
+    if let Some(t) = settings.threads {
+        config = config.with_target_partitions(t.max(1));
+    }
+    let mut runtime = RuntimeEnvBuilder::new();
+    if let Some(limit) = settings.memory_limit {
+        runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+    }
+    let runtime = runtime
+        .build_arc()
+        .map_err(|e| Diagnostic::data("E0401", format!("cannot start the query engine: {e}")))?;
+    Ok(SessionContext::new_with_config_rt(config, runtime))
+}
+
+/// Resolves a source path against the data root, refusing paths that leave it.
+pub fn resolve_path(settings: &Settings, written: &str, span: Span) -> Result<PathBuf, Diagnostic> {
+    let written_path = Path::new(written);
+    let joined = if written_path.is_absolute() { written_path.to_path_buf() } else { settings.data.join(written_path) };
+    let normal = normalize(&joined);
+    let allowed = |p: &Path| {
+        std::iter::once(&settings.data)
+            .chain(settings.allow_paths.iter())
+            .any(|root| p.starts_with(normalize(root)))
+    };
+    // Symbolic links must not lead out either: check the real path of the part that exists.
+    let real = real_prefix(&normal);
+    if !allowed(&normal) || !real.as_ref().is_none_or(|r| allowed_real(settings, r)) {
+        return Err(Diagnostic::error("E0402", format!("the path `{written}` leaves the project's data root"))
+            .at(span, "outside the data root")
+            .note(format!("data root: {}", settings.data.display()))
+            .note("sources may read only files under the data root; list other folders under `allow_paths` in tally.yaml"));
+    }
+    Ok(normal)
+}
+
+fn allowed_real(settings: &Settings, real: &Path) -> bool {
+    std::iter::once(&settings.data)
+        .chain(settings.allow_paths.iter())
+        .any(|root| std::fs::canonicalize(root).map(|r| real.starts_with(r)).unwrap_or(false))
+}
+
+/// `a/./b/../c` → `a/c`, without touching the file system.
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The canonical path of the longest existing, glob-free prefix of `p`.
+fn real_prefix(p: &Path) -> Option<PathBuf> {
+    let mut prefix = PathBuf::new();
+    for c in p.components() {
+        if c.as_os_str().to_string_lossy().contains(['*', '?', '[']) {
+            break;
+        }
+        prefix.push(c);
+    }
+    let mut cur = prefix.as_path();
+    loop {
+        if let Ok(r) = std::fs::canonicalize(cur) {
+            return Some(r);
+        }
+        cur = cur.parent()?;
+    }
+}
+
+fn is_glob(p: &str) -> bool {
+    p.contains(['*', '?', '['])
+}
+
+/// Locates a source's files and reads its schema.
+pub async fn open(
+    ctx: &SessionContext,
+    settings: &Settings,
+    written: &str,
+    format: Option<&str>,
+    span: Span,
+) -> Result<SourceData, Diagnostic> {
+    let path = resolve_path(settings, written, span)?;
+    let glob = is_glob(written);
+    let not_found = |what: &str| {
+        Diagnostic::data("E0403", format!("{what} `{written}` not found"))
+            .at(span, "no such file")
+            .file(path.display().to_string())
+    };
+    let is_dir = !glob && path.is_dir();
+    if !glob && !path.exists() {
+        return Err(not_found("data file"));
+    }
+    let kind = match format {
+        Some("csv") => FileKind::Csv,
+        Some("parquet") => FileKind::Parquet,
+        Some(other) => {
+            return Err(Diagnostic::error("E0404", format!("unknown file format `{other}`"))
+                .at(span, "expected csv or parquet")
+                .suggest(other, ["csv", "parquet"]));
+        }
+        None => {
+            let sample = if is_dir { first_file(&path) } else { Some(path.clone()) };
+            match sample.as_ref().and_then(|p| kind_of(p)) {
+                Some(k) => k,
+                None => {
+                    if is_dir && sample.is_none() {
+                        return Err(Diagnostic::data("E0405", format!("the folder `{written}` holds no .csv or .parquet file"))
+                            .at(span, "empty folder")
+                            .file(path.display().to_string()));
+                    }
+                    return Err(Diagnostic::error("E0404", format!("cannot tell the format of `{written}`"))
+                        .at(span, "neither .csv nor .parquet")
+                        .note("name the format: `format: csv` or `format: parquet`"));
+                }
+            }
+        }
+    };
+    let mut url_text = path.display().to_string();
+    if is_dir && !url_text.ends_with('/') {
+        url_text.push('/');
+    }
+    let url = ListingTableUrl::parse(&url_text).map_err(|e| {
+        Diagnostic::data("E0406", format!("cannot read `{written}`: {e}")).at(span, "here")
+    })?;
+    let partitions = if is_dir { hive_partitions(&path, kind) } else { Vec::new() };
+    let extension = if glob || !is_dir {
+        // A single file or glob: take the files as named, whatever their extension.
+        String::new()
+    } else {
+        kind.extension().to_string()
+    };
+    let options = ListingOptions::new(kind.format())
+        .with_file_extension(extension)
+        .with_table_partition_cols(partitions.iter().map(|n| (n.clone(), DataType::Utf8)).collect());
+    let file_schema = options.infer_schema(&ctx.state(), &url).await.map_err(|e| {
+        let msg = e.strip_backtrace();
+        if msg.contains("No files found") {
+            Diagnostic::data("E0403", format!("no file matches `{written}`"))
+                .at(span, "nothing matches")
+                .file(path.display().to_string())
+        } else {
+            Diagnostic::data("E0407", format!("cannot read the schema of `{written}`: {}", clean_error(&msg)))
+                .at(span, "unreadable data")
+                .file(path.display().to_string())
+        }
+    })?;
+    let mut fields: Vec<Arc<Field>> = file_schema.fields().iter().cloned().collect();
+    for p in &partitions {
+        fields.push(Arc::new(Field::new(p, DataType::Utf8, true)));
+    }
+    Ok(SourceData {
+        display: written.to_string(),
+        path,
+        kind,
+        schema: Arc::new(Schema::new(fields)),
+        options,
+        url,
+    })
+}
+
+fn kind_of(p: &Path) -> Option<FileKind> {
+    match p.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+        "csv" => Some(FileKind::Csv),
+        "parquet" | "pq" => Some(FileKind::Parquet),
+        _ => None,
+    }
+}
+
+/// The first data file under a folder, depth first, in name order.
+fn first_file(dir: &Path) -> Option<PathBuf> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for e in &entries {
+        if e.is_file() && kind_of(e).is_some() {
+            return Some(e.clone());
+        }
+    }
+    entries.iter().filter(|e| e.is_dir()).find_map(|e| first_file(e))
+}
+
+/// Hive partition columns (`year=2026/month=01/...`) along the path to the first data file.
+fn hive_partitions(dir: &Path, kind: FileKind) -> Vec<String> {
+    let Some(file) = first_file(dir) else { return Vec::new() };
+    let _ = kind;
+    let Ok(rel) = file.strip_prefix(dir) else { return Vec::new() };
+    rel.parent()
+        .into_iter()
+        .flat_map(|p| p.components())
+        .filter_map(|c| c.as_os_str().to_str()?.split_once('=').map(|(k, _)| k.to_string()))
+        .collect()
+}
+
+/// DataFusion's messages carry context prefixes; keep the reason a user can act on.
+pub fn clean_error(msg: &str) -> String {
+    let mut m = msg.trim();
+    for prefix in ["Arrow error: ", "Parquet error: ", "External error: ", "Execution error: ", "Object Store error: "] {
+        while let Some(rest) = m.strip_prefix(prefix) {
+            m = rest;
+        }
+    }
+    m.replace("Arrow error: ", "").replace("Parquet error: ", "")
+}

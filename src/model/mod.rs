@@ -1,0 +1,975 @@
+//! Resolve and type-check: [`ast::Definitions`] plus the sources' schemas to a typed [`Model`].
+//!
+//! Every problem of the project is collected; the model exists only when there is none.
+
+mod types;
+
+pub use types::*;
+
+use crate::ast::{self, BinOp, Definitions, Expr, ExprKind, Format};
+use crate::data::{self, SourceData};
+use crate::diagnostic::{Diagnostic, Severity};
+use crate::settings::Settings;
+use crate::span::{Files, Span};
+use datafusion::prelude::SessionContext;
+use std::collections::HashMap;
+
+/// Aggregate functions of the expression language.
+pub const AGGREGATES: &[&str] =
+    &["count", "count_distinct", "sum", "avg", "min", "max", "median", "percentile"];
+/// Row-level functions of the expression language.
+pub const FUNCTIONS: &[&str] = &["days_between", "hours_between", "coalesce", "lower", "upper"];
+
+/// Resolves definitions against the sources' schemas. Returns the model when there are no
+/// errors, and every diagnostic found (warnings too).
+pub async fn resolve(
+    ctx: &SessionContext,
+    settings: &Settings,
+    files: &Files,
+    defs: Definitions,
+) -> (Option<Model>, Vec<Diagnostic>) {
+    let mut r = Resolver::new(files, &defs);
+    r.index_names();
+    // Read every source's schema at once.
+    let opens = defs.sources.iter().map(|s| async {
+        let file = s.file.as_ref()?;
+        Some(data::open(ctx, settings, &file.value, s.format.as_ref().map(|f| f.value.as_str()), file.span).await)
+    });
+    let opened = futures::future::join_all(opens).await;
+    for (s, o) in defs.sources.iter().zip(opened) {
+        match o {
+            Some(Ok(d)) => r.data.push(Some(d)),
+            Some(Err(d)) => {
+                r.diags.push(d);
+                r.data.push(None)
+            }
+            None => {
+                r.diags.push(
+                    Diagnostic::error("E0501", format!("source `{}` has no `file`", s.name.value))
+                        .at(s.name.span, "every source reads a file, a glob or a folder"),
+                );
+                r.data.push(None)
+            }
+        }
+    }
+    let sources = r.sources();
+    let dimensions = r.dimensions();
+    let metrics = r.metrics();
+    r.cycles(&metrics);
+    for d in &defs.deferred {
+        r.diags.push(
+            Diagnostic::error("W0001", format!("{} `{}` is read but not evaluated by this version of tally", d.kind, d.name.value))
+                .warning()
+                .at(d.name.span, format!("{}s are not evaluated yet", d.kind)),
+        );
+    }
+    let failed = r.diags.iter().any(|d| d.severity == Severity::Error);
+    let diags = std::mem::take(&mut r.diags);
+    if failed {
+        return (None, diags);
+    }
+    let model = Model {
+        sources: sources.into_iter().map(|s| s.expect("checked")).collect(),
+        dimensions: dimensions.into_iter().flatten().collect(),
+        metrics: metrics.into_iter().flatten().collect(),
+        measures: r.measures,
+        deferred: defs.deferred.clone(),
+        source_index: r.source_index,
+        dimension_index: HashMap::new(),
+        metric_index: HashMap::new(),
+    };
+    let model = Model {
+        dimension_index: model.dimensions.iter().enumerate().map(|(i, d)| (d.name.clone(), i)).collect(),
+        metric_index: model.metrics.iter().enumerate().map(|(i, m)| (m.name.clone(), i)).collect(),
+        ..model
+    };
+    (Some(model), diags)
+}
+
+/// Resolves a filter (`--where`) against a source of a model.
+pub fn resolve_filter(model: &Model, files: &Files, source: SourceId, expr: &Expr) -> Result<RowExpr, Diagnostic> {
+    let defs = Definitions::default();
+    let mut r = Resolver::new(files, &defs);
+    r.source_index = model.source_index.clone();
+    r.schemas = model.sources.iter().map(|s| Some(s.data.schema.clone())).collect();
+    r.source_names = model.sources.iter().map(|s| s.name.clone()).collect();
+    r.reach = model.sources.iter().map(|s| s.joins.iter().map(|j| j.target).collect()).collect();
+    r.dims = model.dimensions.iter().map(|d| Some(d.expr.clone())).collect();
+    r.dim_index = model.dimension_index.clone();
+    match r.row_expr(expr, source) {
+        Ok(e) if e.ty == ValueType::Bool || e.ty == ValueType::Null => Ok(e),
+        Ok(e) => Err(Diagnostic::usage("E0601", format!("a filter must be true or false, this is a {}", e.ty.name()))
+            .at(expr.span, "not a condition")),
+        Err(()) => Err(r.diags.into_iter().next().map(|mut d| {
+            d.category = crate::diagnostic::Category::Usage;
+            d
+        }).unwrap_or_else(|| Diagnostic::usage("E0601", "invalid filter"))),
+    }
+}
+
+struct Resolver<'a> {
+    files: &'a Files,
+    defs: &'a Definitions,
+    diags: Vec<Diagnostic>,
+    data: Vec<Option<SourceData>>,
+    source_index: HashMap<String, SourceId>,
+    source_names: Vec<String>,
+    schemas: Vec<Option<datafusion::arrow::datatypes::SchemaRef>>,
+    /// Sources each source joins directly.
+    reach: Vec<Vec<SourceId>>,
+    dim_index: HashMap<String, DimensionId>,
+    dims: Vec<Option<RowExpr>>,
+    metric_index: HashMap<String, MetricId>,
+    measures: Vec<Measure>,
+}
+
+type R<T> = Result<T, ()>;
+
+impl<'a> Resolver<'a> {
+    fn new(files: &'a Files, defs: &'a Definitions) -> Self {
+        Resolver {
+            files,
+            defs,
+            diags: Vec::new(),
+            data: Vec::new(),
+            source_index: HashMap::new(),
+            source_names: Vec::new(),
+            schemas: Vec::new(),
+            reach: Vec::new(),
+            dim_index: HashMap::new(),
+            dims: Vec::new(),
+            metric_index: HashMap::new(),
+            measures: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, d: Diagnostic) {
+        self.diags.push(d);
+    }
+
+    /// Names per namespace; a second definition of a name is an error.
+    fn index_names(&mut self) {
+        let defs = self.defs;
+        fn dupes<'x>(
+            kind: &str,
+            names: impl Iterator<Item = &'x ast::Name>,
+            diags: &mut Vec<Diagnostic>,
+        ) -> HashMap<String, usize> {
+            let mut index: HashMap<String, usize> = HashMap::new();
+            let mut first: HashMap<String, Span> = HashMap::new();
+            for (i, n) in names.enumerate() {
+                if let Some(prev) = first.get(&n.value) {
+                    diags.push(
+                        Diagnostic::error("E0502", format!("{kind} `{}` is defined twice", n.value))
+                            .at(n.span, "defined again here")
+                            .also(*prev, "first defined here"),
+                    );
+                } else {
+                    first.insert(n.value.clone(), n.span);
+                    index.insert(n.value.clone(), i);
+                }
+            }
+            index
+        }
+        self.source_index = dupes("source", defs.sources.iter().map(|s| &s.name), &mut self.diags);
+        self.dim_index = dupes("dimension", defs.dimensions.iter().map(|d| &d.name), &mut self.diags);
+        self.metric_index = dupes("metric", defs.metrics.iter().map(|m| &m.name), &mut self.diags);
+        self.source_names = defs.sources.iter().map(|s| s.name.value.clone()).collect();
+    }
+
+    fn sources(&mut self) -> Vec<Option<Source>> {
+        let defs = self.defs;
+        self.schemas = self.data.iter().map(|d| d.as_ref().map(|d| d.schema.clone())).collect();
+        // Joins first, so that reachability is known when expressions are resolved.
+        let mut joins_of = Vec::new();
+        for (i, s) in defs.sources.iter().enumerate() {
+            let mut joins = Vec::new();
+            for j in &s.joins {
+                let Some(&target) = self.source_index.get(&j.target.value) else {
+                    let d = Diagnostic::error("E0503", format!("unknown source `{}`", j.target.value))
+                        .at(j.target.span, "no source of this name")
+                        .suggest(&j.target.value, self.source_names.iter().map(|s| s.as_str()));
+                    self.error(d);
+                    continue;
+                };
+                let target_column = j.target_column.as_ref().unwrap_or(&j.column);
+                let left = self.column_type(i, &j.column);
+                let right = self.column_type(target, target_column);
+                if let (Ok(Some(l)), Ok(Some(r))) = (left, right)
+                    && !(l == r || (l.is_temporal() && r.is_temporal()))
+                {
+                    let d = Diagnostic::error(
+                        "E0504",
+                        format!(
+                            "join key types differ: `{}.{}` is a {}, `{}.{}` is a {}",
+                            s.name.value,
+                            j.column.value,
+                            l.name(),
+                            j.target.value,
+                            target_column.value,
+                            r.name()
+                        ),
+                    )
+                    .at(j.span, "keys of different types never match");
+                    self.error(d);
+                }
+                if let Ok(None) = left {
+                    self.unknown_column(i, &j.column);
+                }
+                if let Ok(None) = right {
+                    self.unknown_column(target, target_column);
+                }
+                if target == i {
+                    let d = Diagnostic::error("E0505", format!("source `{}` joins itself", s.name.value))
+                        .at(j.span, "a join must lead to another source");
+                    self.error(d);
+                    continue;
+                }
+                joins.push(Join {
+                    target,
+                    column: j.column.value.clone(),
+                    target_column: target_column.value.clone(),
+                    span: j.span,
+                });
+            }
+            joins_of.push(joins);
+        }
+        self.reach = joins_of.iter().map(|js| js.iter().map(|j| j.target).collect()).collect();
+
+        let mut out = Vec::new();
+        for (i, (s, joins)) in defs.sources.iter().zip(joins_of).enumerate() {
+            let mut time = None;
+            if let Some(t) = &s.time {
+                match self.column_type(i, t) {
+                    Ok(Some(ty)) if ty.is_temporal() => time = Some(TimeColumn { name: t.value.clone(), ty }),
+                    Ok(Some(ty)) => {
+                        let d = Diagnostic::error(
+                            "E0506",
+                            format!("the time column `{}` is a {}, not a date or timestamp", t.value, ty.name()),
+                        )
+                        .at(t.span, "not a date or timestamp")
+                        .note("in CSV files, write dates as 2026-01-31 and timestamps as 2026-01-31T09:30:00");
+                        self.error(d);
+                    }
+                    Ok(None) => self.unknown_column(i, t),
+                    Err(()) => {}
+                }
+            }
+            if let Some(k) = &s.key
+                && let Ok(None) = self.column_type(i, k)
+            {
+                self.unknown_column(i, k);
+            }
+            out.push(self.data[i].clone().map(|data| Source {
+                name: s.name.value.clone(),
+                span: s.name.span,
+                data,
+                time,
+                key: s.key.as_ref().map(|k| k.value.clone()),
+                joins,
+                label: s.meta.label.as_ref().map(|l| l.value.clone()),
+                description: s.meta.description.as_ref().map(|l| l.value.clone()),
+            }));
+        }
+        out
+    }
+
+    /// `Ok(None)`: the column does not exist. `Err`: the schema is unknown (already reported).
+    fn column_type(&self, source: SourceId, column: &ast::Name) -> R<Option<ValueType>> {
+        let schema = self.schemas.get(source).cloned().flatten().ok_or(())?;
+        Ok(schema.field_with_name(&column.value).ok().map(|f| ValueType::of(f.data_type())))
+    }
+
+    fn unknown_column(&mut self, source: SourceId, column: &ast::Name) {
+        let Some(schema) = self.schemas.get(source).cloned().flatten() else { return };
+        let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let file = self.data.get(source).and_then(|d| d.as_ref()).map(|d| d.display.clone());
+        let mut d = Diagnostic::error(
+            "E0507",
+            format!("source `{}` has no column `{}`", self.source_names[source], column.value),
+        )
+        .at(column.span, "unknown column")
+        .suggest(&column.value, names.iter().map(|s| s.as_str()));
+        if let Some(f) = file {
+            d = d.note(format!("columns of {f}: {}", names.join(", ")));
+        }
+        self.error(d);
+    }
+
+    fn reachable(&self, from: SourceId, to: SourceId) -> bool {
+        let mut seen = vec![from];
+        let mut i = 0;
+        while i < seen.len() {
+            for &t in self.reach.get(seen[i]).map(|v| v.as_slice()).unwrap_or(&[]) {
+                if !seen.contains(&t) {
+                    seen.push(t);
+                }
+            }
+            i += 1;
+        }
+        seen.contains(&to)
+    }
+
+    fn dimensions(&mut self) -> Vec<Option<Dimension>> {
+        let defs = self.defs;
+        self.dims = vec![None; defs.dimensions.len()];
+        let mut out = Vec::new();
+        for (i, d) in defs.dimensions.iter().enumerate() {
+            if self.dim_index.get(&d.name.value) != Some(&i) {
+                out.push(None);
+                continue;
+            }
+            let Ok(base) = self.base_source(&d.expr, "dimension") else {
+                out.push(None);
+                continue;
+            };
+            let Ok(expr) = self.row_expr(&d.expr, base) else {
+                out.push(None);
+                continue;
+            };
+            self.dims[i] = Some(expr.clone());
+            out.push(Some(Dimension {
+                name: d.name.value.clone(),
+                span: d.name.span,
+                source: base,
+                expr,
+                label: d.meta.label.as_ref().map(|l| l.value.clone()),
+                description: d.meta.description.as_ref().map(|l| l.value.clone()),
+            }));
+        }
+        out
+    }
+
+    /// The source an expression is evaluated over: the one its columns name, from which every
+    /// other source it names is reachable through joins.
+    fn base_source(&mut self, expr: &Expr, what: &str) -> R<SourceId> {
+        let mut named: Vec<(String, Span)> = Vec::new();
+        collect_qualifiers(expr, &mut named);
+        let mut ids = Vec::new();
+        for (n, span) in &named {
+            match self.source_index.get(n) {
+                Some(&id) => {
+                    if !ids.contains(&id) {
+                        ids.push(id)
+                    }
+                }
+                None => {
+                    let d = Diagnostic::error("E0503", format!("unknown source `{n}`"))
+                        .at(*span, "no source of this name")
+                        .suggest(n, self.source_names.iter().map(|s| s.as_str()));
+                    self.error(d);
+                    return Err(());
+                }
+            }
+        }
+        if ids.is_empty() {
+            // Bare column names: the one source that has them all.
+            let mut bare = Vec::new();
+            collect_bare(expr, &mut bare);
+            let candidates: Vec<SourceId> = (0..self.source_names.len())
+                .filter(|&s| {
+                    !bare.is_empty()
+                        && bare.iter().all(|(n, _)| self.schemas[s].as_ref().is_some_and(|sc| sc.field_with_name(n).is_ok()))
+                })
+                .collect();
+            if candidates.len() == 1 {
+                return Ok(candidates[0]);
+            }
+            let mut d = Diagnostic::error("E0508", format!("this {what} does not say which source it reads"))
+                .at(expr.span, "name the source: `source.column`");
+            if let Some((n, _)) = bare.first() {
+                let owners: Vec<String> = candidates.iter().map(|&s| format!("`{}.{n}`", self.source_names[s])).collect();
+                if !owners.is_empty() {
+                    d = d.note(format!("`{n}` could be {}", owners.join(" or ")));
+                }
+            }
+            self.error(d);
+            return Err(());
+        }
+        for &c in &ids {
+            if ids.iter().all(|&o| self.reachable(c, o)) {
+                return Ok(c);
+            }
+        }
+        let names: Vec<&str> = ids.iter().map(|&i| self.source_names[i].as_str()).collect();
+        let d = Diagnostic::error("E0509", format!("sources {} are not joined", names.join(" and ")))
+            .at(expr.span, "no source reaches the others through its joins")
+            .note(format!("declare a many-to-one join, e.g. `join {} on ...` in source `{}`", names[1], names[0]));
+        self.error(d);
+        Err(())
+    }
+
+    /// Resolves a row-level expression evaluated over `base`'s rows.
+    fn row_expr(&mut self, e: &Expr, base: SourceId) -> R<RowExpr> {
+        let span = e.span;
+        let (kind, ty) = match &e.kind {
+            ExprKind::Number(n) => (RowKind::Number(*n), ValueType::Number),
+            ExprKind::String(s) => (RowKind::String(s.clone()), ValueType::String),
+            ExprKind::Bool(b) => (RowKind::Bool(*b), ValueType::Bool),
+            ExprKind::Date(d) | ExprKind::Month(d) => (RowKind::Date(*d), ValueType::Date),
+            ExprKind::Null => (RowKind::Null, ValueType::Null),
+            ExprKind::Name(n) => {
+                let schema = self.schemas.get(base).cloned().flatten().ok_or(())?;
+                if let Ok(f) = schema.field_with_name(n) {
+                    (RowKind::Column { source: base, name: n.clone() }, ValueType::of(f.data_type()))
+                } else if let Some(&d) = self.dim_index.get(n) {
+                    let dim = self.dims.get(d).cloned().flatten().ok_or(())?;
+                    let mut used = Vec::new();
+                    dim.sources(&mut used);
+                    if let Some(&s) = used.iter().find(|&&s| !self.reachable(base, s)) {
+                        let d = Diagnostic::error(
+                            "E0510",
+                            format!(
+                                "dimension `{n}` reads source `{}`, which `{}` does not join",
+                                self.source_names[s], self.source_names[base]
+                            ),
+                        )
+                        .at(span, "not reachable from here");
+                        self.error(d);
+                        return Err(());
+                    }
+                    return Ok(dim);
+                } else {
+                    let names: Vec<String> = schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().clone())
+                        .chain(self.dim_index.keys().cloned())
+                        .collect();
+                    let d = Diagnostic::error(
+                        "E0507",
+                        format!("source `{}` has no column `{n}`", self.source_names[base]),
+                    )
+                    .at(span, "unknown column")
+                    .suggest(n, names.iter().map(|s| s.as_str()));
+                    self.error(d);
+                    return Err(());
+                }
+            }
+            ExprKind::Qualified(s, c) => {
+                let Some(&sid) = self.source_index.get(&s.value) else {
+                    let d = Diagnostic::error("E0503", format!("unknown source `{}`", s.value))
+                        .at(s.span, "no source of this name")
+                        .suggest(&s.value, self.source_names.iter().map(|s| s.as_str()));
+                    self.error(d);
+                    return Err(());
+                };
+                if !self.reachable(base, sid) {
+                    let d = Diagnostic::error(
+                        "E0511",
+                        format!("source `{}` is not joined to `{}`", s.value, self.source_names[base]),
+                    )
+                    .at(s.span, "not reachable through joins")
+                    .note(format!("declare `join {} on COLUMN` in source `{}`", s.value, self.source_names[base]));
+                    self.error(d);
+                    return Err(());
+                }
+                match self.column_type(sid, c)? {
+                    Some(ty) => (RowKind::Column { source: sid, name: c.value.clone() }, ty),
+                    None => {
+                        self.unknown_column(sid, c);
+                        return Err(());
+                    }
+                }
+            }
+            ExprKind::Binary(op, a, b) => {
+                let l = self.row_expr(a, base);
+                let r = self.row_expr(b, base);
+                let (l, r) = (l?, r?);
+                let ty = self.binary_type(*op, &l, &r, a, b, span)?;
+                (RowKind::Binary(*op, Box::new(l), Box::new(r)), ty)
+            }
+            ExprKind::Not(a) => {
+                let x = self.row_expr(a, base)?;
+                self.expect(&x, ValueType::Bool, a.span, "`not` needs a condition")?;
+                (RowKind::Not(Box::new(x)), ValueType::Bool)
+            }
+            ExprKind::Neg(a) => {
+                let x = self.row_expr(a, base)?;
+                self.expect(&x, ValueType::Number, a.span, "`-` needs a number")?;
+                (RowKind::Neg(Box::new(x)), ValueType::Number)
+            }
+            ExprKind::IsNull { expr, negated } => {
+                let x = self.row_expr(expr, base)?;
+                (RowKind::IsNull { expr: Box::new(x), negated: *negated }, ValueType::Bool)
+            }
+            ExprKind::InList { expr, list, negated } => {
+                let x = self.row_expr(expr, base)?;
+                let mut items = Vec::new();
+                for item in list {
+                    let it = self.row_expr(item, base)?;
+                    self.compare_types(&x, &it, expr, item, item.span)?;
+                    items.push(it);
+                }
+                (RowKind::InList { expr: Box::new(x), list: items, negated: *negated }, ValueType::Bool)
+            }
+            ExprKind::Between { expr, low, high, negated } => {
+                let x = self.row_expr(expr, base)?;
+                let lo = self.row_expr(low, base)?;
+                let hi = self.row_expr(high, base)?;
+                self.compare_types(&x, &lo, expr, low, span)?;
+                self.compare_types(&x, &hi, expr, high, span)?;
+                (
+                    RowKind::Between { expr: Box::new(x), low: Box::new(lo), high: Box::new(hi), negated: *negated },
+                    ValueType::Bool,
+                )
+            }
+            ExprKind::Call { name, args, filter } => {
+                if AGGREGATES.contains(&name.value.as_str()) {
+                    let d = Diagnostic::error("E0512", format!("`{}` is an aggregate and cannot be used here", name.value))
+                        .at(name.span, "aggregates belong at the top of a metric")
+                        .note("filters and dimensions work on single rows");
+                    self.error(d);
+                    return Err(());
+                }
+                if let Some(f) = filter {
+                    let d = Diagnostic::error("E0513", format!("`where` belongs inside an aggregate, not `{}`", name.value))
+                        .at(f.span, "only aggregates take a filter");
+                    self.error(d);
+                    return Err(());
+                }
+                let mut xs = Vec::new();
+                for a in args {
+                    xs.push(self.row_expr(a, base)?);
+                }
+                let (func, ty) = self.function(name, &xs, args, span)?;
+                (RowKind::Func(func, xs), ty)
+            }
+        };
+        Ok(RowExpr { kind, ty })
+    }
+
+    fn function(&mut self, name: &ast::Name, xs: &[RowExpr], args: &[Expr], span: Span) -> R<(Func, ValueType)> {
+        let arity = |n: usize, this: &mut Self| -> R<()> {
+            if xs.len() != n {
+                let d = Diagnostic::error(
+                    "E0514",
+                    format!("`{}` takes {n} argument{}, not {}", name.value, if n == 1 { "" } else { "s" }, xs.len()),
+                )
+                .at(span, "wrong number of arguments");
+                this.error(d);
+                return Err(());
+            }
+            Ok(())
+        };
+        match name.value.as_str() {
+            "days_between" | "hours_between" => {
+                arity(2, self)?;
+                for (x, a) in xs.iter().zip(args) {
+                    if !(x.ty.is_temporal() || x.ty == ValueType::Null) {
+                        let d = Diagnostic::error(
+                            "E0515",
+                            format!("`{}` needs dates or timestamps, this is a {}", name.value, x.ty.name()),
+                        )
+                        .at(a.span, format!("a {}", x.ty.name()));
+                        self.error(d);
+                        return Err(());
+                    }
+                }
+                let f = if name.value == "days_between" { Func::DaysBetween } else { Func::HoursBetween };
+                Ok((f, ValueType::Number))
+            }
+            "coalesce" => {
+                if xs.len() < 2 {
+                    arity(2, self)?;
+                }
+                let ty = xs.iter().map(|x| x.ty).find(|t| *t != ValueType::Null).unwrap_or(ValueType::Null);
+                for (x, a) in xs.iter().zip(args) {
+                    if !x.ty.comparable(ty) {
+                        let d = Diagnostic::error(
+                            "E0516",
+                            format!("`coalesce` mixes a {} with a {}", ty.name(), x.ty.name()),
+                        )
+                        .at(a.span, "all arguments must have one type");
+                        self.error(d);
+                        return Err(());
+                    }
+                }
+                Ok((Func::Coalesce, ty))
+            }
+            "lower" | "upper" => {
+                arity(1, self)?;
+                self.expect(&xs[0], ValueType::String, args[0].span, "a string is needed")?;
+                Ok((if name.value == "lower" { Func::Lower } else { Func::Upper }, ValueType::String))
+            }
+            other => {
+                let d = Diagnostic::error("E0517", format!("unknown function `{other}`"))
+                    .at(name.span, "no function of this name")
+                    .suggest(other, FUNCTIONS.iter().chain(AGGREGATES).copied())
+                    .note(format!("functions: {}", FUNCTIONS.join(", ")));
+                self.error(d);
+                Err(())
+            }
+        }
+    }
+
+    fn expect(&mut self, x: &RowExpr, ty: ValueType, span: Span, why: &str) -> R<()> {
+        if x.ty == ty || x.ty == ValueType::Null {
+            return Ok(());
+        }
+        let d = Diagnostic::error("E0518", format!("expected a {}, found a {}", ty.name(), x.ty.name()))
+            .at(span, why.to_string());
+        self.error(d);
+        Err(())
+    }
+
+    fn compare_types(&mut self, l: &RowExpr, r: &RowExpr, a: &Expr, b: &Expr, span: Span) -> R<()> {
+        if l.ty.comparable(r.ty) {
+            return Ok(());
+        }
+        let d = Diagnostic::error("E0519", format!("cannot compare a {} with a {}", l.ty.name(), r.ty.name()))
+            .at(span, "types do not match")
+            .also(a.span, format!("a {}", l.ty.name()))
+            .also(b.span, format!("a {}", r.ty.name()));
+        let d = if l.ty.is_temporal() && r.ty == ValueType::Number || r.ty.is_temporal() && l.ty == ValueType::Number {
+            d.note("write dates as 2026-01-31, without quotes")
+        } else if l.ty.is_temporal() && r.ty == ValueType::String || r.ty.is_temporal() && l.ty == ValueType::String {
+            d.note("write dates without quotes: 2026-01-31")
+        } else {
+            d
+        };
+        self.error(d);
+        Err(())
+    }
+
+    fn binary_type(&mut self, op: BinOp, l: &RowExpr, r: &RowExpr, a: &Expr, b: &Expr, span: Span) -> R<ValueType> {
+        match op {
+            BinOp::And | BinOp::Or => {
+                self.expect(l, ValueType::Bool, a.span, "`and`/`or` need conditions")?;
+                self.expect(r, ValueType::Bool, b.span, "`and`/`or` need conditions")?;
+                Ok(ValueType::Bool)
+            }
+            op if op.is_comparison() => {
+                self.compare_types(l, r, a, b, span)?;
+                Ok(ValueType::Bool)
+            }
+            _ => {
+                for (x, e) in [(l, a), (r, b)] {
+                    if !(x.ty == ValueType::Number || x.ty == ValueType::Null) {
+                        let mut d = Diagnostic::error(
+                            "E0520",
+                            format!("`{}` needs numbers, found a {}", op.symbol(), x.ty.name()),
+                        )
+                        .at(e.span, format!("a {}", x.ty.name()));
+                        if x.ty.is_temporal() {
+                            d = d.note("use days_between(a, b) or hours_between(a, b) for time differences");
+                        }
+                        self.error(d);
+                        return Err(());
+                    }
+                }
+                Ok(ValueType::Number)
+            }
+        }
+    }
+
+    fn metrics(&mut self) -> Vec<Option<Metric>> {
+        let defs = self.defs;
+        let mut out = Vec::new();
+        for (i, m) in defs.metrics.iter().enumerate() {
+            if self.metric_index.get(&m.name.value) != Some(&i) {
+                out.push(None);
+                continue;
+            }
+            let Ok(formula) = self.formula(&m.expr) else {
+                out.push(None);
+                continue;
+            };
+            let format = m.meta.format.as_ref().map(|f| f.value.clone()).unwrap_or(Format::Number);
+            out.push(Some(Metric {
+                name: m.name.value.clone(),
+                span: m.name.span,
+                label: m.meta.label.as_ref().map(|l| l.value.clone()),
+                description: m.meta.description.as_ref().map(|l| l.value.clone()),
+                owner: m.meta.owner.as_ref().map(|l| l.value.clone()),
+                tags: m.meta.tags.iter().map(|t| t.value.clone()).collect(),
+                unit: m.meta.unit.as_ref().map(|l| l.value.clone()),
+                format,
+                good: m.meta.good.as_ref().map(|g| g.value),
+                formula,
+                text: self.files.text(m.expr.span).to_string(),
+            }));
+        }
+        out
+    }
+
+    /// A metric expression: arithmetic over aggregates, metrics and numbers.
+    fn formula(&mut self, e: &Expr) -> R<Formula> {
+        match &e.kind {
+            ExprKind::Number(n) => Ok(Formula::Number(*n)),
+            ExprKind::Name(n) => match self.metric_index.get(n) {
+                Some(&id) => Ok(Formula::Metric(id)),
+                None => {
+                    let mut d = Diagnostic::error("E0521", format!("unknown metric `{n}`")).at(e.span, "no metric of this name");
+                    if self.source_index.contains_key(n) {
+                        d = d.note(format!("`{n}` is a source; to count its rows write `count({n})`"));
+                    } else {
+                        d = d.suggest(n, self.metric_index.keys().map(|s| s.as_str()));
+                    }
+                    self.error(d);
+                    Err(())
+                }
+            },
+            ExprKind::Neg(a) => Ok(Formula::Neg(Box::new(self.formula(a)?))),
+            ExprKind::Binary(op, a, b) if op.is_arithmetic() => {
+                let l = self.formula(a);
+                let r = self.formula(b);
+                Ok(Formula::Binary(*op, Box::new(l?), Box::new(r?)))
+            }
+            ExprKind::Call { name, args, filter } if AGGREGATES.contains(&name.value.as_str()) => {
+                let m = self.measure(name, args, filter.as_deref(), e.span)?;
+                let id = match self.measures.iter().position(|x| *x == m) {
+                    Some(id) => id,
+                    None => {
+                        self.measures.push(m);
+                        self.measures.len() - 1
+                    }
+                };
+                Ok(Formula::Measure(id))
+            }
+            ExprKind::Call { name, .. } if FUNCTIONS.contains(&name.value.as_str()) => {
+                let d = Diagnostic::error("E0522", format!("`{}` works on single rows; a metric needs an aggregate", name.value))
+                    .at(e.span, "not an aggregate")
+                    .note(format!("wrap it in an aggregate, e.g. `avg({})`", self.files.text(e.span)));
+                self.error(d);
+                Err(())
+            }
+            ExprKind::Call { name, .. } => {
+                let d = Diagnostic::error("E0523", format!("unknown aggregate `{}`", name.value))
+                    .at(name.span, "no aggregate of this name")
+                    .suggest(&name.value, AGGREGATES.iter().chain(FUNCTIONS).copied())
+                    .note(format!("aggregates: {}", AGGREGATES.join(", ")));
+                self.error(d);
+                Err(())
+            }
+            ExprKind::Qualified(..) => {
+                let d = Diagnostic::error("E0524", "a column in a metric needs an aggregate")
+                    .at(e.span, "a column of many rows")
+                    .note(format!("e.g. `sum({})`", self.files.text(e.span)));
+                self.error(d);
+                Err(())
+            }
+            _ => {
+                let d = Diagnostic::error("E0525", "a metric is arithmetic over aggregates, metrics and numbers")
+                    .at(e.span, "not allowed in a metric")
+                    .note("conditions belong in a filter: `count(jobs where status = \"completed\")`");
+                self.error(d);
+                Err(())
+            }
+        }
+    }
+
+    fn measure(&mut self, name: &ast::Name, args: &[Expr], filter: Option<&Expr>, span: Span) -> R<Measure> {
+        let agg_name = name.value.as_str();
+        // count(source) counts rows of a source.
+        if agg_name == "count" && args.len() == 1
+            && let ExprKind::Name(n) = &args[0].kind
+            && let Some(&sid) = self.source_index.get(n)
+        {
+            let filter = match filter {
+                Some(f) => Some(self.condition(f, sid)?),
+                None => None,
+            };
+            return Ok(Measure { source: sid, agg: Agg::Count, arg: None, filter });
+        }
+        let (arg, extra) = match (agg_name, args) {
+            ("percentile", [a, p]) => (a, Some(p)),
+            ("percentile", _) => {
+                let d = Diagnostic::error("E0514", "`percentile` takes a value and a fraction: `percentile(jobs.amount, 90%)`")
+                    .at(span, "wrong number of arguments");
+                self.error(d);
+                return Err(());
+            }
+            (_, [a]) => (a, None),
+            (_, _) => {
+                let d = Diagnostic::error("E0514", format!("`{agg_name}` takes one argument, not {}", args.len()))
+                    .at(span, "wrong number of arguments");
+                self.error(d);
+                return Err(());
+            }
+        };
+        if let ExprKind::Name(n) = &arg.kind
+            && self.source_index.contains_key(n)
+            && agg_name != "count"
+        {
+            let d = Diagnostic::error("E0526", format!("`{agg_name}` needs a column, `{n}` is a source"))
+                .at(arg.span, "a source")
+                .note(format!("e.g. `{agg_name}({n}.amount)`"));
+            self.error(d);
+            return Err(());
+        }
+        let base = self.base_source(arg, "aggregate")?;
+        let x = self.row_expr(arg, base)?;
+        let agg = match agg_name {
+            "count" => Agg::Count,
+            "count_distinct" => Agg::CountDistinct,
+            "sum" => Agg::Sum,
+            "avg" => Agg::Avg,
+            "min" => Agg::Min,
+            "max" => Agg::Max,
+            "median" => Agg::Median,
+            _ => {
+                let p = extra.expect("percentile argument");
+                let value = match p.kind {
+                    ExprKind::Number(v) if v > 0.0 && v <= 1.0 => v,
+                    _ => {
+                        let d = Diagnostic::error("E0527", "the percentile must be a fraction between 0 and 1")
+                            .at(p.span, "write e.g. 0.9 or 90%");
+                        self.error(d);
+                        return Err(());
+                    }
+                };
+                Agg::Percentile(value)
+            }
+        };
+        if !matches!(agg, Agg::Count | Agg::CountDistinct) && !(x.ty == ValueType::Number || x.ty == ValueType::Null) {
+            let mut d = Diagnostic::error("E0528", format!("`{agg_name}` needs numbers, `{}` is a {}", self.files.text(arg.span), x.ty.name()))
+                .at(arg.span, format!("a {}", x.ty.name()));
+            if x.ty.is_temporal() {
+                d = d.note("for durations use days_between(a, b) or hours_between(a, b)");
+            } else if x.ty == ValueType::String {
+                d = d.note("to count rows use count(...); to count values use count_distinct(...)");
+            }
+            self.error(d);
+            return Err(());
+        }
+        let filter = match filter {
+            Some(f) => Some(self.condition(f, base)?),
+            None => None,
+        };
+        Ok(Measure { source: base, agg, arg: Some(x), filter })
+    }
+
+    fn condition(&mut self, f: &Expr, base: SourceId) -> R<RowExpr> {
+        let x = self.row_expr(f, base)?;
+        self.expect(&x, ValueType::Bool, f.span, "a filter must be a condition")?;
+        Ok(x)
+    }
+
+    /// Cycles between metrics, each reported once with its whole path.
+    fn cycles(&mut self, metrics: &[Option<Metric>]) {
+        let defs = self.defs;
+        let n = metrics.len();
+        let deps: Vec<Vec<(MetricId, Span)>> = defs
+            .metrics
+            .iter()
+            .map(|m| {
+                let mut out = Vec::new();
+                metric_refs(&m.expr, &self.metric_index, &mut out);
+                out
+            })
+            .collect();
+        // 0 = unvisited, 1 = on the stack, 2 = done
+        let mut state = vec![0u8; n];
+        let mut reported: Vec<Vec<MetricId>> = Vec::new();
+        for start in 0..n {
+            if state[start] != 0 {
+                continue;
+            }
+            let mut stack: Vec<(MetricId, usize)> = vec![(start, 0)];
+            state[start] = 1;
+            while let Some((node, edge)) = stack.pop() {
+                if let Some(&(next, _)) = deps[node].get(edge) {
+                    stack.push((node, edge + 1));
+                    match state[next] {
+                        0 => {
+                            state[next] = 1;
+                            stack.push((next, 0));
+                        }
+                        1 => {
+                            let pos = stack.iter().position(|(m, _)| *m == next).unwrap_or(0);
+                            let cycle: Vec<MetricId> = stack[pos..].iter().map(|(m, _)| *m).collect();
+                            let mut key = cycle.clone();
+                            key.sort();
+                            if !reported.contains(&key) {
+                                reported.push(key);
+                                self.report_cycle(&cycle, &deps);
+                            }
+                        }
+                        _ => {}
+                    }
+                } else {
+                    state[node] = 2;
+                }
+            }
+        }
+    }
+
+    fn report_cycle(&mut self, cycle: &[MetricId], deps: &[Vec<(MetricId, Span)>]) {
+        let defs = self.defs;
+        let names: Vec<&str> = cycle.iter().map(|&m| defs.metrics[m].name.value.as_str()).collect();
+        let path = format!("{} → {}", names.join(" → "), names[0]);
+        let first = &defs.metrics[cycle[0]];
+        let mut d = if cycle.len() == 1 {
+            Diagnostic::error("E0529", format!("metric `{}` refers to itself", names[0]))
+        } else {
+            Diagnostic::error("E0529", format!("metrics refer to each other in a cycle: {path}"))
+        };
+        let next_of = |i: usize| cycle[(i + 1) % cycle.len()];
+        for (i, &m) in cycle.iter().enumerate() {
+            let target = next_of(i);
+            if let Some((_, span)) = deps[m].iter().find(|(t, _)| *t == target) {
+                let label = format!("`{}` uses `{}`", defs.metrics[m].name.value, defs.metrics[target].name.value);
+                d = if i == 0 { d.at(*span, label) } else { d.also(*span, label) };
+            }
+        }
+        if d.primary.is_none() {
+            d = d.at(first.name.span, "in this cycle");
+        }
+        self.error(d.note(format!("cycle: {path}")));
+    }
+}
+
+fn metric_refs(e: &Expr, index: &HashMap<String, MetricId>, out: &mut Vec<(MetricId, Span)>) {
+    match &e.kind {
+        ExprKind::Name(n) => {
+            if let Some(&id) = index.get(n) {
+                out.push((id, e.span))
+            }
+        }
+        ExprKind::Binary(_, a, b) => {
+            metric_refs(a, index, out);
+            metric_refs(b, index, out);
+        }
+        ExprKind::Neg(a) => metric_refs(a, index, out),
+        _ => {}
+    }
+}
+
+fn collect_qualifiers(e: &Expr, out: &mut Vec<(String, Span)>) {
+    walk(e, &mut |x| {
+        if let ExprKind::Qualified(s, _) = &x.kind {
+            out.push((s.value.clone(), s.span));
+        }
+    });
+}
+
+fn collect_bare(e: &Expr, out: &mut Vec<(String, Span)>) {
+    walk(e, &mut |x| {
+        if let ExprKind::Name(n) = &x.kind {
+            out.push((n.clone(), x.span));
+        }
+    });
+}
+
+fn walk(e: &Expr, f: &mut dyn FnMut(&Expr)) {
+    f(e);
+    match &e.kind {
+        ExprKind::Binary(_, a, b) => {
+            walk(a, f);
+            walk(b, f);
+        }
+        ExprKind::Not(a) | ExprKind::Neg(a) | ExprKind::IsNull { expr: a, .. } => walk(a, f),
+        ExprKind::InList { expr, list, .. } => {
+            walk(expr, f);
+            list.iter().for_each(|x| walk(x, f));
+        }
+        ExprKind::Between { expr, low, high, .. } => {
+            walk(expr, f);
+            walk(low, f);
+            walk(high, f);
+        }
+        ExprKind::Call { args, .. } => args.iter().for_each(|x| walk(x, f)),
+        _ => {}
+    }
+}

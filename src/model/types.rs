@@ -1,0 +1,314 @@
+//! The typed model: every name resolved, every expression typed.
+
+use crate::ast::{BinOp, DeferredDef, Direction, Format};
+use crate::data::SourceData;
+use crate::span::Span;
+use chrono::NaiveDate;
+use std::collections::HashMap;
+
+pub type SourceId = usize;
+pub type DimensionId = usize;
+pub type MetricId = usize;
+pub type MeasureId = usize;
+
+/// The type of a value in the expression language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueType {
+    Number,
+    String,
+    Bool,
+    Date,
+    Timestamp,
+    /// A `null` literal: fits anywhere.
+    Null,
+    /// A column type the expression language does not handle (lists, structs, binary).
+    Other,
+}
+
+impl ValueType {
+    pub fn of(dt: &datafusion::arrow::datatypes::DataType) -> ValueType {
+        use datafusion::arrow::datatypes::DataType as D;
+        match dt {
+            D::Int8 | D::Int16 | D::Int32 | D::Int64 | D::UInt8 | D::UInt16 | D::UInt32 | D::UInt64 => {
+                ValueType::Number
+            }
+            D::Float16 | D::Float32 | D::Float64 => ValueType::Number,
+            D::Decimal32(..) | D::Decimal64(..) | D::Decimal128(..) | D::Decimal256(..) => ValueType::Number,
+            D::Utf8 | D::LargeUtf8 | D::Utf8View => ValueType::String,
+            D::Dictionary(_, v) => ValueType::of(v),
+            D::Boolean => ValueType::Bool,
+            D::Date32 | D::Date64 => ValueType::Date,
+            D::Timestamp(..) => ValueType::Timestamp,
+            D::Null => ValueType::Null,
+            _ => ValueType::Other,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueType::Number => "number",
+            ValueType::String => "string",
+            ValueType::Bool => "boolean",
+            ValueType::Date => "date",
+            ValueType::Timestamp => "timestamp",
+            ValueType::Null => "null",
+            ValueType::Other => "unsupported type",
+        }
+    }
+
+    /// Whether values of the two types can be compared.
+    pub fn comparable(self, other: ValueType) -> bool {
+        use ValueType::*;
+        match (self, other) {
+            (Null, _) | (_, Null) => true,
+            (Date | Timestamp, Date | Timestamp) => true,
+            (a, b) => a == b && a != Other,
+        }
+    }
+
+    pub fn is_temporal(self) -> bool {
+        matches!(self, ValueType::Date | ValueType::Timestamp)
+    }
+}
+
+/// The whole project, resolved.
+#[derive(Debug)]
+pub struct Model {
+    pub sources: Vec<Source>,
+    pub dimensions: Vec<Dimension>,
+    pub metrics: Vec<Metric>,
+    pub measures: Vec<Measure>,
+    pub deferred: Vec<DeferredDef>,
+    pub(crate) source_index: HashMap<String, SourceId>,
+    pub(crate) dimension_index: HashMap<String, DimensionId>,
+    pub(crate) metric_index: HashMap<String, MetricId>,
+}
+
+impl Model {
+    pub fn source(&self, name: &str) -> Option<SourceId> {
+        self.source_index.get(name).copied()
+    }
+    pub fn dimension(&self, name: &str) -> Option<DimensionId> {
+        self.dimension_index.get(name).copied()
+    }
+    pub fn metric(&self, name: &str) -> Option<MetricId> {
+        self.metric_index.get(name).copied()
+    }
+
+    /// The measures a metric needs, directly or through other metrics, in a stable order.
+    pub fn measures_of(&self, metric: MetricId, out: &mut Vec<MeasureId>) {
+        fn walk(model: &Model, f: &Formula, out: &mut Vec<MeasureId>) {
+            match f {
+                Formula::Measure(m) => {
+                    if !out.contains(m) {
+                        out.push(*m)
+                    }
+                }
+                Formula::Metric(id) => walk(model, &model.metrics[*id].formula, out),
+                Formula::Number(_) => {}
+                Formula::Neg(a) => walk(model, a, out),
+                Formula::Binary(_, a, b) => {
+                    walk(model, a, out);
+                    walk(model, b, out);
+                }
+            }
+        }
+        walk(self, &self.metrics[metric].formula, out)
+    }
+
+    /// The join path from `from` to `to` (edges as (source, join index)), shortest first.
+    pub fn join_path(&self, from: SourceId, to: SourceId) -> Option<Vec<(SourceId, usize)>> {
+        if from == to {
+            return Some(Vec::new());
+        }
+        let mut prev: HashMap<SourceId, (SourceId, usize)> = HashMap::new();
+        let mut queue = std::collections::VecDeque::from([from]);
+        while let Some(s) = queue.pop_front() {
+            for (i, j) in self.sources[s].joins.iter().enumerate() {
+                if j.target != from && !prev.contains_key(&j.target) {
+                    prev.insert(j.target, (s, i));
+                    if j.target == to {
+                        let mut path = Vec::new();
+                        let mut cur = to;
+                        while cur != from {
+                            let (p, i) = prev[&cur];
+                            path.push((p, i));
+                            cur = p;
+                        }
+                        path.reverse();
+                        return Some(path);
+                    }
+                    queue.push_back(j.target);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// A table of rows.
+#[derive(Debug)]
+pub struct Source {
+    pub name: String,
+    pub span: Span,
+    pub data: SourceData,
+    pub time: Option<TimeColumn>,
+    pub key: Option<String>,
+    pub joins: Vec<Join>,
+    pub label: Option<String>,
+    pub description: Option<String>,
+}
+
+impl Source {
+    pub fn column_type(&self, name: &str) -> Option<ValueType> {
+        self.data.schema.field_with_name(name).ok().map(|f| ValueType::of(f.data_type()))
+    }
+}
+
+/// A source's time column.
+#[derive(Debug, Clone)]
+pub struct TimeColumn {
+    pub name: String,
+    pub ty: ValueType,
+}
+
+/// A many-to-one join: `column` of this source matches `target_column` of `target`.
+#[derive(Debug, Clone)]
+pub struct Join {
+    pub target: SourceId,
+    pub column: String,
+    pub target_column: String,
+    pub span: Span,
+}
+
+/// A named breakdown.
+#[derive(Debug)]
+pub struct Dimension {
+    pub name: String,
+    pub span: Span,
+    pub source: SourceId,
+    pub expr: RowExpr,
+    pub label: Option<String>,
+    pub description: Option<String>,
+}
+
+/// A KPI: a formula over measures, other metrics and numbers.
+#[derive(Debug)]
+pub struct Metric {
+    pub name: String,
+    pub span: Span,
+    pub label: Option<String>,
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    pub tags: Vec<String>,
+    pub unit: Option<String>,
+    pub format: Format,
+    pub good: Option<Direction>,
+    pub formula: Formula,
+    /// The definition as written.
+    pub text: String,
+}
+
+/// How a metric is computed from the results of the scans.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Formula {
+    Measure(MeasureId),
+    Metric(MetricId),
+    Number(f64),
+    Neg(Box<Formula>),
+    /// `+ - * /`; division by zero or null gives null.
+    Binary(BinOp, Box<Formula>, Box<Formula>),
+}
+
+/// An aggregate function.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Agg {
+    Count,
+    CountDistinct,
+    Sum,
+    Avg,
+    Min,
+    Max,
+    Median,
+    Percentile(f64),
+}
+
+impl Agg {
+    /// Over no rows, additive aggregates give 0; the others give null.
+    pub fn zero_when_empty(self) -> bool {
+        matches!(self, Agg::Count | Agg::CountDistinct | Agg::Sum)
+    }
+}
+
+/// One aggregate over one source's rows, with an optional filter. Metrics share measures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measure {
+    pub source: SourceId,
+    pub agg: Agg,
+    /// `None` counts rows.
+    pub arg: Option<RowExpr>,
+    pub filter: Option<RowExpr>,
+}
+
+/// A typed row-level expression.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowExpr {
+    pub kind: RowKind,
+    pub ty: ValueType,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowKind {
+    Column { source: SourceId, name: String },
+    Number(f64),
+    String(String),
+    Bool(bool),
+    Date(NaiveDate),
+    Null,
+    Binary(BinOp, Box<RowExpr>, Box<RowExpr>),
+    Not(Box<RowExpr>),
+    Neg(Box<RowExpr>),
+    IsNull { expr: Box<RowExpr>, negated: bool },
+    InList { expr: Box<RowExpr>, list: Vec<RowExpr>, negated: bool },
+    Between { expr: Box<RowExpr>, low: Box<RowExpr>, high: Box<RowExpr>, negated: bool },
+    Func(Func, Vec<RowExpr>),
+}
+
+/// Row-level functions of the expression language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Func {
+    DaysBetween,
+    HoursBetween,
+    Coalesce,
+    Lower,
+    Upper,
+}
+
+impl RowExpr {
+    /// Every source this expression reads a column of.
+    pub fn sources(&self, out: &mut Vec<SourceId>) {
+        match &self.kind {
+            RowKind::Column { source, .. } => {
+                if !out.contains(source) {
+                    out.push(*source)
+                }
+            }
+            RowKind::Binary(_, a, b) => {
+                a.sources(out);
+                b.sources(out);
+            }
+            RowKind::Not(a) | RowKind::Neg(a) | RowKind::IsNull { expr: a, .. } => a.sources(out),
+            RowKind::InList { expr, list, .. } => {
+                expr.sources(out);
+                list.iter().for_each(|e| e.sources(out));
+            }
+            RowKind::Between { expr, low, high, .. } => {
+                expr.sources(out);
+                low.sources(out);
+                high.sources(out);
+            }
+            RowKind::Func(_, args) => args.iter().for_each(|e| e.sources(out)),
+            _ => {}
+        }
+    }
+}

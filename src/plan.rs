@@ -1,0 +1,409 @@
+//! Plan: a query of the model to DataFusion logical plans, built with its API.
+//!
+//! Measures that read the same source are computed in one scan of that source: one
+//! aggregate, grouped by period and breakdown, with one filtered aggregate expression per
+//! measure. Derived metrics are not planned here; [`crate::run`] computes them from the
+//! measures' results. No user text ever becomes SQL.
+
+use crate::ast::{BinOp, Expr as AstExpr};
+use crate::diagnostic::Diagnostic;
+use crate::model::{Agg, DimensionId, Func, MeasureId, MetricId, Model, RowExpr, RowKind, SourceId, ValueType};
+use crate::span::Files;
+use crate::time::{Calendar, Grain, to_days};
+use chrono::NaiveDate;
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::common::{Column, JoinType, ScalarValue, TableReference};
+use datafusion::datasource::provider_as_source;
+use datafusion::functions::expr_fn as func;
+use datafusion::functions_aggregate::expr_fn as agg;
+use datafusion::logical_expr::{Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, cast, lit};
+use datafusion::prelude::SessionContext;
+
+/// Names of the columns a scan produces.
+pub const PERIOD: &str = "__period";
+
+pub fn dim_column(i: usize) -> String {
+    format!("__dim{i}")
+}
+
+pub fn measure_column(m: MeasureId) -> String {
+    format!("__measure{m}")
+}
+
+/// What to compute.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub metrics: Vec<MetricId>,
+    /// `None`: one total over the whole range.
+    pub grain: Option<Grain>,
+    pub dimensions: Vec<DimensionId>,
+    /// First day included.
+    pub from: Option<NaiveDate>,
+    /// Last day included.
+    pub to: Option<NaiveDate>,
+    /// `--where`, parsed; resolved against each scanned source.
+    pub filter: Option<AstExpr>,
+}
+
+/// The plans of a query: one scan per source, and the key checks of the joins it uses.
+#[derive(Debug)]
+pub struct QueryPlan {
+    pub query: Query,
+    pub scans: Vec<Scan>,
+    pub key_checks: Vec<KeyCheck>,
+}
+
+/// One aggregate over one source (and the sources it joins).
+#[derive(Debug)]
+pub struct Scan {
+    pub source: SourceId,
+    pub measures: Vec<MeasureId>,
+    pub plan: LogicalPlan,
+}
+
+/// Finds a duplicate key on the "one" side of a many-to-one join, if there is one.
+#[derive(Debug)]
+pub struct KeyCheck {
+    /// The source that declares the join, and the join's index in it.
+    pub source: SourceId,
+    pub join: usize,
+    pub plan: LogicalPlan,
+}
+
+type Result<T> = std::result::Result<T, Diagnostic>;
+
+fn internal(e: datafusion::error::DataFusionError) -> Diagnostic {
+    Diagnostic::data("E0701", format!("cannot plan the query: {}", e.strip_backtrace()))
+}
+
+/// Plans a query.
+pub fn build(model: &Model, files: &Files, calendar: &Calendar, query: Query) -> Result<QueryPlan> {
+    let mut measures: Vec<MeasureId> = Vec::new();
+    for &m in &query.metrics {
+        model.measures_of(m, &mut measures);
+    }
+    let mut by_source: Vec<(SourceId, Vec<MeasureId>)> = Vec::new();
+    for m in measures {
+        let s = model.measures[m].source;
+        match by_source.iter_mut().find(|(x, _)| *x == s) {
+            Some((_, v)) => v.push(m),
+            None => by_source.push((s, vec![m])),
+        }
+    }
+    let mut scans = Vec::new();
+    let mut key_checks: Vec<KeyCheck> = Vec::new();
+    for (source, ms) in by_source {
+        let (plan, joins) = scan_plan(model, files, calendar, &query, source, &ms)?;
+        for (s, j) in joins {
+            if !key_checks.iter().any(|k| k.source == s && k.join == j) {
+                key_checks.push(KeyCheck { source: s, join: j, plan: key_check_plan(model, s, j)? });
+            }
+        }
+        scans.push(Scan { source, measures: ms, plan });
+    }
+    Ok(QueryPlan { query, scans, key_checks })
+}
+
+fn scan_plan(
+    model: &Model,
+    files: &Files,
+    calendar: &Calendar,
+    query: &Query,
+    source: SourceId,
+    measures: &[MeasureId],
+) -> Result<(LogicalPlan, Vec<(SourceId, usize)>)> {
+    let src = &model.sources[source];
+    let metric_names = || {
+        query
+            .metrics
+            .iter()
+            .filter(|&&m| {
+                let mut v = Vec::new();
+                model.measures_of(m, &mut v);
+                v.iter().any(|x| measures.contains(x))
+            })
+            .map(|&m| format!("`{}`", model.metrics[m].name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // Which other sources this scan reads.
+    let mut needed: Vec<SourceId> = Vec::new();
+    for &m in measures {
+        let ms = &model.measures[m];
+        if let Some(a) = &ms.arg {
+            a.sources(&mut needed);
+        }
+        if let Some(f) = &ms.filter {
+            f.sources(&mut needed);
+        }
+    }
+    let mut dims = Vec::new();
+    for &d in &query.dimensions {
+        let dim = &model.dimensions[d];
+        let mut used = Vec::new();
+        dim.expr.sources(&mut used);
+        if let Some(&s) = used.iter().find(|&&s| model.join_path(source, s).is_none()) {
+            return Err(Diagnostic::usage(
+                "E0702",
+                format!(
+                    "dimension `{}` reads source `{}`, which source `{}` (of metric {}) does not join",
+                    dim.name,
+                    model.sources[s].name,
+                    src.name,
+                    metric_names()
+                ),
+            )
+            .at(dim.span, "this dimension")
+            .also(src.span, "declare a many-to-one join in this source"));
+        }
+        needed.extend(used);
+        dims.push(row_expr(model, &dim.expr));
+    }
+    let filter = match &query.filter {
+        Some(f) => {
+            let r = crate::model::resolve_filter(model, files, source, f).map_err(|d| {
+                d.note(format!("the filter applies to source `{}`, read by metric {}", src.name, metric_names()))
+            })?;
+            r.sources(&mut needed);
+            Some(row_expr(model, &r))
+        }
+        None => None,
+    };
+
+    // Joins along the shortest path to every needed source.
+    let mut edges: Vec<(SourceId, usize)> = Vec::new();
+    for s in needed {
+        for e in model.join_path(source, s).unwrap_or_default() {
+            if !edges.contains(&e) {
+                edges.push(e);
+            }
+        }
+    }
+    let mut builder = scan(model, source)?;
+    for &(from, j) in &edges {
+        let join = &model.sources[from].joins[j];
+        let target = scan(model, join.target)?.build().map_err(internal)?;
+        builder = builder
+            .join(
+                target,
+                JoinType::Left,
+                (
+                    vec![column_ref(model, from, &join.column)],
+                    vec![column_ref(model, join.target, &join.target_column)],
+                ),
+                None,
+            )
+            .map_err(internal)?;
+    }
+
+    let mut conditions = Vec::new();
+    let time = src.time.as_ref();
+    if (query.from.is_some() || query.to.is_some() || query.grain.is_some()) && time.is_none() {
+        return Err(Diagnostic::usage(
+            "E0703",
+            format!("source `{}` (of metric {}) has no time column", src.name, metric_names()),
+        )
+        .at(src.span, "declare `time: COLUMN` to break it down by period")
+        .note("query it without --by, --from and --to"));
+    }
+    let period = |t: &crate::model::TimeColumn, g: Grain| period_expr(column(model, source, &t.name), g, calendar);
+    if let Some(t) = time {
+        let day = to_date(column(model, source, &t.name));
+        if let Some(from) = query.from {
+            conditions.push(day.clone().gt_eq(date_lit(from)));
+        }
+        if let Some(to) = query.to {
+            conditions.push(day.lt_eq(date_lit(to)));
+        }
+    }
+    if let Some(f) = filter {
+        conditions.push(f);
+    }
+    if let Some(c) = conditions.into_iter().reduce(Expr::and) {
+        builder = builder.filter(c).map_err(internal)?;
+    }
+
+    let mut group = Vec::new();
+    if let (Some(g), Some(t)) = (query.grain, time) {
+        group.push(period(t, g).alias(PERIOD));
+    }
+    for (i, d) in dims.into_iter().enumerate() {
+        group.push(d.alias(dim_column(i)));
+    }
+    let mut aggs = Vec::new();
+    for &m in measures {
+        aggs.push(measure_expr(model, m)?.alias(measure_column(m)));
+    }
+    let plan = builder.aggregate(group, aggs).map_err(internal)?.build().map_err(internal)?;
+    Ok((plan, edges))
+}
+
+fn key_check_plan(model: &Model, source: SourceId, j: usize) -> Result<LogicalPlan> {
+    let join = &model.sources[source].joins[j];
+    let key = column(model, join.target, &join.target_column);
+    scan(model, join.target)?
+        .filter(key.clone().is_not_null())
+        .and_then(|b| b.aggregate(vec![key.alias("key")], vec![agg::count(lit(1)).alias("n")]))
+        .and_then(|b| b.filter(Expr::Column(Column::from_name("n")).gt(lit(1i64))))
+        .and_then(|b| b.limit(0, Some(1)))
+        .and_then(|b| b.build())
+        .map_err(internal)
+}
+
+fn scan(model: &Model, source: SourceId) -> Result<LogicalPlanBuilder> {
+    let src = &model.sources[source];
+    let table = src.data.table().map_err(internal)?;
+    LogicalPlanBuilder::scan(TableReference::bare(src.name.as_str()), provider_as_source(table), None)
+        .map_err(internal)
+}
+
+fn column_ref(model: &Model, source: SourceId, name: &str) -> Column {
+    Column::new(Some(TableReference::bare(model.sources[source].name.as_str())), name)
+}
+
+fn column(model: &Model, source: SourceId, name: &str) -> Expr {
+    Expr::Column(column_ref(model, source, name))
+}
+
+fn date_lit(d: NaiveDate) -> Expr {
+    lit(ScalarValue::Date32(Some(to_days(d))))
+}
+
+/// A date or timestamp as a Date32 (the calendar day).
+fn to_date(e: Expr) -> Expr {
+    cast(e, DataType::Date32)
+}
+
+/// The first day of the period a time value falls in, as a Date32.
+pub fn period_expr(time: Expr, grain: Grain, calendar: &Calendar) -> Expr {
+    let day = to_date(time);
+    match grain {
+        Grain::Day => day,
+        Grain::Week => {
+            // Days since 1970-01-01 (a Thursday), stepped back to the week's first day.
+            let n = cast(day, DataType::Int32);
+            let anchor = 3 + calendar.week_start.num_days_from_monday() as i32 + 1; // 1970-01-05 is a Monday
+            let back = ((n.clone() - lit(anchor)) % lit(7) + lit(7)) % lit(7);
+            cast(n - back, DataType::Date32)
+        }
+        Grain::Month | Grain::Quarter | Grain::Year => {
+            let months = match grain {
+                Grain::Month => 1,
+                Grain::Quarter => 3,
+                _ => 12,
+            };
+            let shift = ((calendar.fiscal_year_start as i32 - 1) % months) as i32;
+            let unit = match grain {
+                Grain::Month => "month",
+                Grain::Quarter => "quarter",
+                _ => "year",
+            };
+            let shifted = if shift == 0 { day } else { day - lit(ScalarValue::IntervalYearMonth(Some(shift))) };
+            let ts = cast(shifted, DataType::Timestamp(TimeUnit::Second, None));
+            let start = cast(func::date_trunc(lit(unit), ts), DataType::Date32);
+            if shift == 0 { start } else { start + lit(ScalarValue::IntervalYearMonth(Some(shift))) }
+        }
+    }
+}
+
+fn measure_expr(model: &Model, m: MeasureId) -> Result<Expr> {
+    let ms = &model.measures[m];
+    let arg = ms.arg.as_ref().map(|a| row_expr(model, a));
+    let float = |e: Expr| cast(e, DataType::Float64);
+    let one = || lit(1i64);
+    let e = match ms.agg {
+        Agg::Count => agg::count(arg.unwrap_or_else(one)),
+        Agg::CountDistinct => agg::count_distinct(arg.unwrap_or_else(one)),
+        Agg::Sum => agg::sum(arg.unwrap_or_else(one)),
+        // Averages and percentiles in Float64: decimals would truncate.
+        Agg::Avg => agg::avg(float(arg.unwrap_or_else(one))),
+        Agg::Min => agg::min(arg.unwrap_or_else(one)),
+        Agg::Max => agg::max(arg.unwrap_or_else(one)),
+        Agg::Median => agg::median(float(arg.unwrap_or_else(one))),
+        Agg::Percentile(p) => agg::percentile_cont(float(arg.unwrap_or_else(one)).sort(true, false), lit(p)),
+    };
+    match &ms.filter {
+        Some(f) => e.filter(row_expr(model, f)).build().map_err(internal),
+        None => Ok(e),
+    }
+}
+
+/// A typed row expression as a DataFusion expression.
+pub fn row_expr(model: &Model, e: &RowExpr) -> Expr {
+    let r = |x: &RowExpr| row_expr(model, x);
+    match &e.kind {
+        RowKind::Column { source, name } => column(model, *source, name),
+        RowKind::Number(n) => {
+            if n.fract() == 0.0 && n.abs() < 9e15 {
+                lit(*n as i64)
+            } else {
+                lit(*n)
+            }
+        }
+        RowKind::String(s) => lit(s.clone()),
+        RowKind::Bool(b) => lit(*b),
+        RowKind::Date(d) => date_lit(*d),
+        RowKind::Null => lit(ScalarValue::Null),
+        RowKind::Binary(op, a, b) => {
+            let (a2, b2) = (r(a), r(b));
+            match op {
+                BinOp::Or => a2.or(b2),
+                BinOp::And => a2.and(b2),
+                BinOp::Eq => a2.eq(b2),
+                BinOp::Ne => a2.not_eq(b2),
+                BinOp::Lt => a2.lt(b2),
+                BinOp::Le => a2.lt_eq(b2),
+                BinOp::Gt => a2.gt(b2),
+                BinOp::Ge => a2.gt_eq(b2),
+                BinOp::Add => a2 + b2,
+                BinOp::Sub => a2 - b2,
+                BinOp::Mul => a2 * b2,
+                // Row-level division in Float64; a zero divisor gives null.
+                BinOp::Div => {
+                    let d = cast(b2, DataType::Float64);
+                    cast(a2, DataType::Float64) / func::nullif(d, lit(0.0))
+                }
+            }
+        }
+        RowKind::Not(a) => datafusion::logical_expr::not(r(a)),
+        RowKind::Neg(a) => Expr::Negative(Box::new(r(a))),
+        RowKind::IsNull { expr, negated } => {
+            if *negated {
+                r(expr).is_not_null()
+            } else {
+                r(expr).is_null()
+            }
+        }
+        RowKind::InList { expr, list, negated } => r(expr).in_list(list.iter().map(r).collect(), *negated),
+        RowKind::Between { expr, low, high, negated } => {
+            if *negated {
+                r(expr).not_between(r(low), r(high))
+            } else {
+                r(expr).between(r(low), r(high))
+            }
+        }
+        RowKind::Func(f, args) => match f {
+            Func::DaysBetween | Func::HoursBetween => {
+                let per = if *f == Func::DaysBetween { 86400.0 } else { 3600.0 };
+                let secs = |x: &RowExpr| epoch_seconds(r(x), x.ty);
+                (secs(&args[1]) - secs(&args[0])) / lit(per)
+            }
+            Func::Coalesce => func::coalesce(args.iter().map(r).collect()),
+            Func::Lower => func::lower(r(&args[0])),
+            Func::Upper => func::upper(r(&args[0])),
+        },
+    }
+}
+
+/// Seconds since 1970-01-01 UTC, as Float64.
+fn epoch_seconds(e: Expr, ty: ValueType) -> Expr {
+    match ty {
+        ValueType::Date => cast(cast(e, DataType::Date32), DataType::Int32) * lit(86400.0),
+        _ => cast(cast(e, DataType::Timestamp(TimeUnit::Millisecond, None)), DataType::Int64) / lit(1000.0),
+    }
+}
+
+/// The session a plan runs in, for `explain` (optimizing needs one).
+pub fn optimize(ctx: &SessionContext, plan: &LogicalPlan) -> Result<LogicalPlan> {
+    ctx.state().optimize(plan).map_err(internal)
+}

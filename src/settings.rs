@@ -1,0 +1,211 @@
+//! Project settings: `tally.yaml` at the project root, every key optional, every key also a
+//! command-line flag that wins over the file.
+
+use crate::diagnostic::Diagnostic;
+use crate::span::{FileId, Files, Span};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// `tally.yaml` as written.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsFile {
+    /// Where `.tally` and `.yaml` definitions live (default `metrics`, else the project root).
+    pub definitions: Option<String>,
+    /// Relative source paths resolve against this (default: the project root).
+    pub data: Option<String>,
+    /// Where report versions are written (default `reports`).
+    pub reports: Option<String>,
+    /// Periods are cut at local midnight of this IANA time zone.
+    pub time_zone: Option<String>,
+    /// `monday` (ISO 8601) unless set.
+    pub week_start: Option<String>,
+    /// The month a fiscal year starts in.
+    pub fiscal_year_start: Option<String>,
+    /// DataFusion's memory pool, e.g. `2GB`.
+    pub memory_limit: Option<String>,
+    /// Folders outside the data root that sources may read.
+    #[serde(default)]
+    pub allow_paths: Vec<String>,
+    /// Threads for query execution (default: all cores).
+    pub threads: Option<usize>,
+}
+
+/// Settings after defaults and flags are applied.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub root: PathBuf,
+    pub definitions: PathBuf,
+    pub data: PathBuf,
+    pub reports: PathBuf,
+    pub time_zone: Option<chrono_tz::Tz>,
+    pub week_start: chrono::Weekday,
+    pub fiscal_year_start: u32,
+    pub memory_limit: Option<usize>,
+    pub allow_paths: Vec<PathBuf>,
+    pub threads: Option<usize>,
+}
+
+impl Settings {
+    /// Where weeks and fiscal years begin.
+    pub fn calendar(&self) -> crate::time::Calendar {
+        crate::time::Calendar { week_start: self.week_start, fiscal_year_start: self.fiscal_year_start }
+    }
+}
+
+/// Reads `tally.yaml` (if present) under `root` and applies `overrides` (from flags) over it.
+/// The settings file is added to `files` so that its errors point into it.
+pub fn load(root: &Path, overrides: &SettingsFile, files: &mut Files) -> Result<Settings, Vec<Diagnostic>> {
+    let path = root.join("tally.yaml");
+    let mut file = SettingsFile::default();
+    let mut file_id = None;
+    if path.exists() {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(vec![
+                    Diagnostic::error("E0301", format!("cannot read settings: {e}")).file(path.display().to_string()),
+                ]);
+            }
+        };
+        let id = files.add("tally.yaml", path.clone(), text.clone());
+        file_id = Some(id);
+        if !text.trim().is_empty() {
+            file = serde_yaml::from_str(&text).map_err(|e| vec![settings_error(id, &text, &e)])?;
+        }
+    }
+    let pick = |flag: &Option<String>, file: &Option<String>| flag.clone().or_else(|| file.clone());
+    let mut errors = Vec::new();
+    let at = |key: &str| -> Option<Span> {
+        let id = file_id?;
+        let text = &files.get(id).text;
+        let i = text.find(&format!("{key}:"))?;
+        Some(Span::new(id, i, i + key.len()))
+    };
+    let err = |code, msg: String, key: &str| {
+        let d = Diagnostic::error(code, msg);
+        match at(key) {
+            Some(s) => d.at(s, "in the project settings"),
+            None => d,
+        }
+    };
+
+    let definitions = match pick(&overrides.definitions, &file.definitions) {
+        Some(d) => root.join(d),
+        None if root.join("metrics").is_dir() => root.join("metrics"),
+        None => root.to_path_buf(),
+    };
+    let data = root.join(pick(&overrides.data, &file.data).unwrap_or_else(|| ".".into()));
+    let reports = root.join(pick(&overrides.reports, &file.reports).unwrap_or_else(|| "reports".into()));
+
+    let time_zone = match pick(&overrides.time_zone, &file.time_zone) {
+        None => None,
+        Some(tz) => match tz.parse::<chrono_tz::Tz>() {
+            Ok(t) => Some(t),
+            Err(_) => {
+                let names = chrono_tz::TZ_VARIANTS.iter().map(|t| t.name());
+                errors.push(err("E0302", format!("unknown time zone `{tz}`"), "time_zone").suggest(&tz, names));
+                None
+            }
+        },
+    };
+    let week_start = match pick(&overrides.week_start, &file.week_start) {
+        None => chrono::Weekday::Mon,
+        Some(w) => match w.parse::<chrono::Weekday>() {
+            Ok(d) => d,
+            Err(_) => {
+                errors.push(err("E0303", format!("`{w}` is not a day of the week"), "week_start"));
+                chrono::Weekday::Mon
+            }
+        },
+    };
+    let fiscal_year_start = match pick(&overrides.fiscal_year_start, &file.fiscal_year_start) {
+        None => 1,
+        Some(m) => match m.parse::<chrono::Month>() {
+            Ok(m) => m.number_from_month(),
+            Err(_) => {
+                errors.push(err("E0304", format!("`{m}` is not a month"), "fiscal_year_start"));
+                1
+            }
+        },
+    };
+    let memory_limit = match pick(&overrides.memory_limit, &file.memory_limit) {
+        None => None,
+        Some(m) => match parse_bytes(&m) {
+            Some(b) => Some(b),
+            None => {
+                errors.push(
+                    err("E0305", format!("`{m}` is not a memory size"), "memory_limit")
+                        .note("write a size such as 512MB, 2GB or 1.5GiB"),
+                );
+                None
+            }
+        },
+    };
+    let mut allow_paths: Vec<PathBuf> = file.allow_paths.iter().map(|p| root.join(p)).collect();
+    allow_paths.extend(overrides.allow_paths.iter().map(|p| root.join(p)));
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Settings {
+        root: root.to_path_buf(),
+        definitions,
+        data,
+        reports,
+        time_zone,
+        week_start,
+        fiscal_year_start,
+        memory_limit,
+        allow_paths,
+        threads: overrides.threads.or(file.threads),
+    })
+}
+
+/// `2GB`, `512 MB`, `1.5GiB`, `1000000` (bytes).
+pub fn parse_bytes(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let number: f64 = t[..split].parse().ok()?;
+    let factor: f64 = match t[split..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0f64.powi(4),
+        _ => return None,
+    };
+    let bytes = number * factor;
+    (bytes.is_finite() && bytes >= 1.0).then_some(bytes as usize)
+}
+
+fn settings_error(file: FileId, text: &str, e: &serde_yaml::Error) -> Diagnostic {
+    let msg = e.to_string();
+    let reason = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+    let offset = e.location().map(|l| l.index().min(text.len())).unwrap_or(0);
+    let end = text[offset..].find([':', '\n']).map(|i| offset + i).unwrap_or(text.len());
+    let mut d = Diagnostic::error("E0306", format!("invalid project settings: {reason}"))
+        .at(Span::new(file, offset, end.max(offset)), "here");
+    if let Some(i) = reason.find("unknown field `") {
+        let rest = &reason[i + 15..];
+        let name = &rest[..rest.find('`').unwrap_or(rest.len())];
+        d = d.suggest(
+            name,
+            [
+                "definitions",
+                "data",
+                "reports",
+                "time_zone",
+                "week_start",
+                "fiscal_year_start",
+                "memory_limit",
+                "allow_paths",
+                "threads",
+            ],
+        );
+    }
+    d
+}

@@ -1,0 +1,501 @@
+//! The YAML front end: `.yaml` files to the same [`ast::Definitions`] the DSL produces.
+//!
+//! serde_yaml appears in this module only (and in the settings loader). Structure comes from
+//! serde with unknown keys refused; places come from [`Locator`], which maps key paths to
+//! byte offsets so that expressions inside YAML report `file:line:col` of the YAML file.
+
+use crate::ast::{Definitions, DeferredDef, DimensionDef, Format, JoinDef, Meta, MetricDef, SourceDef};
+use crate::diagnostic::Diagnostic;
+use crate::span::{FileId, Span, Spanned};
+use crate::syntax;
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::collections::HashMap;
+
+/// A YAML definition file.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "tally definitions")]
+pub struct YamlFile {
+    /// Tables the metrics are computed from.
+    #[serde(default)]
+    pub sources: IndexMap<String, YamlSource>,
+    /// Named columns or expressions to break metrics down by.
+    #[serde(default)]
+    pub dimensions: IndexMap<String, YamlDimension>,
+    /// KPIs: simple aggregates or arithmetic over other metrics.
+    #[serde(default)]
+    pub metrics: IndexMap<String, YamlMetric>,
+    /// Goals for metrics (read, not yet evaluated).
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<serde_json::Value>>")]
+    pub targets: Option<serde_yaml::Value>,
+    /// Conditions over metric series (read, not yet evaluated).
+    #[serde(default)]
+    #[schemars(with = "Option<IndexMap<String, serde_json::Value>>")]
+    pub alerts: Option<IndexMap<String, serde_yaml::Value>>,
+    /// Report pages (read, not yet evaluated).
+    #[serde(default)]
+    #[schemars(with = "Option<IndexMap<String, serde_json::Value>>")]
+    pub reports: Option<IndexMap<String, serde_yaml::Value>>,
+}
+
+/// A table: one Parquet or CSV file, a glob, or a folder.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct YamlSource {
+    /// Path relative to the data root: a file, a glob or a folder (Hive partitions too).
+    pub file: String,
+    /// `csv` or `parquet`; by default taken from the file extension.
+    pub format: Option<String>,
+    /// The default time column.
+    pub time: Option<String>,
+    /// The column that identifies a row.
+    pub key: Option<String>,
+    /// Many-to-one joins to other sources.
+    #[serde(default)]
+    pub joins: Vec<YamlJoin>,
+    pub label: Option<String>,
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// `source: OTHER, on: COLUMN` (or `on: COLUMN = OTHER_COLUMN`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct YamlJoin {
+    pub source: String,
+    pub on: String,
+}
+
+/// A dimension: an expression, or an object with `expr` and metadata.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum YamlDimension {
+    Expr(String),
+    Full(YamlDimensionFull),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct YamlDimensionFull {
+    pub expr: String,
+    pub label: Option<String>,
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// A metric.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct YamlMetric {
+    /// The definition, in the expression language: `sum(jobs.amount where status = "completed")`.
+    pub expr: String,
+    pub label: Option<String>,
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub unit: Option<String>,
+    /// `number`, `percent`, `duration` or `currency(USD)`.
+    pub format: Option<String>,
+    /// Which direction is good: `up` or `down`.
+    pub good: Option<String>,
+}
+
+/// The JSON Schema of the YAML form, for editors.
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(YamlFile)).unwrap_or_default()
+}
+
+/// Parses one YAML definition file.
+pub fn parse_file(file: FileId, text: &str) -> (Definitions, Vec<Diagnostic>) {
+    let mut defs = Definitions::default();
+    let mut diags = Vec::new();
+    if text.trim().is_empty() {
+        diags.push(
+            Diagnostic::error("E0103", "this definition file defines nothing").at(Span::new(file, 0, 0), "empty file"),
+        );
+        return (defs, diags);
+    }
+    let parsed: YamlFile = match serde_yaml::from_str(text) {
+        Ok(p) => p,
+        Err(e) => {
+            diags.push(yaml_error(file, text, &e));
+            return (defs, diags);
+        }
+    };
+    let loc = Locator::new(text);
+    let ctx = Ctx { file, text, loc: &loc };
+
+    for (name, s) in parsed.sources {
+        let base = ["sources", name.as_str()];
+        let joins = s
+            .joins
+            .iter()
+            .enumerate()
+            .map(|(i, j)| {
+                let idx = i.to_string();
+                let jp = ["sources", name.as_str(), "joins", idx.as_str()];
+                let on_span = ctx.value_span(&[&jp[..], &["on"]].concat(), &j.on);
+                let (column, target_column) = match j.on.split_once('=') {
+                    Some((a, b)) => (
+                        Spanned::new(a.trim().to_string(), on_span),
+                        Some(Spanned::new(b.trim().to_string(), on_span)),
+                    ),
+                    None => (Spanned::new(j.on.trim().to_string(), on_span), None),
+                };
+                JoinDef {
+                    target: Spanned::new(j.source.clone(), ctx.value_span(&[&jp[..], &["source"]].concat(), &j.source)),
+                    column,
+                    target_column,
+                    span: ctx.key_span(&jp),
+                }
+            })
+            .collect();
+        let meta = Meta {
+            label: ctx.opt(&base, "label", &s.label),
+            description: ctx.opt(&base, "description", &s.description),
+            owner: ctx.opt(&base, "owner", &s.owner),
+            tags: ctx.tags(&base, &s.tags),
+            ..Meta::default()
+        };
+        defs.sources.push(SourceDef {
+            name: Spanned::new(name.clone(), ctx.key_span(&base)),
+            file: Some(Spanned::new(s.file.clone(), ctx.value_span(&[&base[..], &["file"]].concat(), &s.file))),
+            format: ctx.opt(&base, "format", &s.format),
+            time: ctx.opt(&base, "time", &s.time),
+            key: ctx.opt(&base, "key", &s.key),
+            joins,
+            meta,
+            span: ctx.key_span(&base),
+        });
+    }
+
+    for (name, d) in parsed.dimensions {
+        let base = ["dimensions", name.as_str()];
+        let (expr_text, expr_path, meta) = match &d {
+            YamlDimension::Expr(e) => (e.clone(), base.to_vec(), Meta::default()),
+            YamlDimension::Full(f) => (
+                f.expr.clone(),
+                vec!["dimensions", name.as_str(), "expr"],
+                Meta {
+                    label: ctx.opt(&base, "label", &f.label),
+                    description: ctx.opt(&base, "description", &f.description),
+                    owner: ctx.opt(&base, "owner", &f.owner),
+                    tags: ctx.tags(&base, &f.tags),
+                    ..Meta::default()
+                },
+            ),
+        };
+        match ctx.expr(&expr_path, &expr_text) {
+            Ok(expr) => defs.dimensions.push(DimensionDef {
+                name: Spanned::new(name.clone(), ctx.key_span(&base)),
+                expr,
+                meta,
+                span: ctx.key_span(&base),
+            }),
+            Err(d) => diags.push(d),
+        }
+    }
+
+    for (name, m) in parsed.metrics {
+        let base = ["metrics", name.as_str()];
+        let format = match &m.format {
+            None => None,
+            Some(f) => {
+                let span = ctx.value_span(&[&base[..], &["format"]].concat(), f);
+                let (head, arg) = match f.split_once('(') {
+                    Some((h, rest)) => (h.trim(), Some(rest.trim_end_matches(')').trim())),
+                    None => (f.trim(), None),
+                };
+                match Format::parse(head, arg) {
+                    Some(fmt) => Some(Spanned::new(fmt, span)),
+                    None => {
+                        diags.push(syntax::bad_format(span, head));
+                        None
+                    }
+                }
+            }
+        };
+        let good = match ctx.opt(&base, "good", &m.good) {
+            None => None,
+            Some(g) => match syntax::parse_direction(&g) {
+                Ok(d) => Some(Spanned::new(d, g.span)),
+                Err(d) => {
+                    diags.push(d);
+                    None
+                }
+            },
+        };
+        let meta = Meta {
+            label: ctx.opt(&base, "label", &m.label),
+            description: ctx.opt(&base, "description", &m.description),
+            owner: ctx.opt(&base, "owner", &m.owner),
+            tags: ctx.tags(&base, &m.tags),
+            unit: ctx.opt(&base, "unit", &m.unit),
+            format,
+            good,
+        };
+        match ctx.expr(&[&base[..], &["expr"]].concat(), &m.expr) {
+            Ok(expr) => defs.metrics.push(MetricDef {
+                name: Spanned::new(name.clone(), ctx.key_span(&base)),
+                expr,
+                meta,
+                span: ctx.key_span(&base),
+            }),
+            Err(d) => diags.push(d),
+        }
+    }
+
+    if let Some(targets) = &parsed.targets {
+        let n = targets.as_sequence().map(|s| s.len()).unwrap_or(1);
+        for i in 0..n {
+            let idx = i.to_string();
+            let span = ctx.key_span(&["targets", idx.as_str()]);
+            defs.deferred.push(DeferredDef { kind: "target", name: Spanned::new(format!("targets[{i}]"), span), span });
+        }
+    }
+    for (kind, group, map) in [("alert", "alerts", &parsed.alerts), ("report", "reports", &parsed.reports)] {
+        for name in map.iter().flat_map(|m| m.keys()) {
+            let span = ctx.key_span(&[group, name.as_str()]);
+            defs.deferred.push(DeferredDef { kind, name: Spanned::new(name.clone(), span), span });
+        }
+    }
+    (defs, diags)
+}
+
+struct Ctx<'a> {
+    file: FileId,
+    text: &'a str,
+    loc: &'a Locator,
+}
+
+impl Ctx<'_> {
+    fn key_span(&self, path: &[&str]) -> Span {
+        match self.loc.get(path) {
+            Some(e) => Span::new(self.file, e.key_start, e.key_end),
+            None => Span::new(self.file, 0, 0),
+        }
+    }
+
+    /// The span of a scalar value; falls back to its key.
+    fn value_span(&self, path: &[&str], value: &str) -> Span {
+        match self.loc.get(path) {
+            Some(e) => {
+                let (start, _) = scalar_text(self.text, e.value_start, value);
+                Span::new(self.file, start, start + value.len())
+            }
+            None => self.key_span(path),
+        }
+    }
+
+    fn opt(&self, base: &[&str], key: &str, value: &Option<String>) -> Option<Spanned<String>> {
+        let path = [base, &[key]].concat();
+        value.as_ref().map(|v| Spanned::new(v.clone(), self.value_span(&path, v)))
+    }
+
+    fn tags(&self, base: &[&str], tags: &[String]) -> Vec<Spanned<String>> {
+        let span = self.key_span(&[base, &["tags"]].concat());
+        tags.iter().map(|t| Spanned::new(t.clone(), span)).collect()
+    }
+
+    /// Parses an expression value where it stands in the YAML text.
+    fn expr(&self, path: &[&str], value: &str) -> Result<crate::ast::Expr, Diagnostic> {
+        match self.loc.get(path) {
+            Some(e) => {
+                let (start, raw) = scalar_text(self.text, e.value_start, value);
+                syntax::parse_expr(self.file, raw.unwrap_or(value), start)
+            }
+            None => syntax::parse_expr(self.file, value, 0),
+        }
+    }
+}
+
+/// Where a scalar's text starts, and the raw text when it can be parsed in place (the
+/// expression grammar ignores whitespace, so a block scalar can be read with its indentation).
+fn scalar_text<'t>(text: &'t str, value_start: usize, value: &str) -> (usize, Option<&'t str>) {
+    let rest = &text[value_start..];
+    if rest.starts_with('|') || rest.starts_with('>') {
+        let Some(nl) = rest.find('\n') else { return (value_start, None) };
+        let body_start = value_start + nl + 1;
+        let first_line = &text[body_start..];
+        let indent = first_line.len() - first_line.trim_start_matches(' ').len();
+        let mut end = body_start;
+        for line in text[body_start..].split_inclusive('\n') {
+            let ind = line.len() - line.trim_start_matches(' ').len();
+            if !line.trim().is_empty() && ind < indent {
+                break;
+            }
+            end += line.len();
+        }
+        return (body_start + indent, Some(&text[body_start + indent..end]));
+    }
+    if let Some(q) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') {
+        let inner = &rest[1..];
+        let raw = &inner[..inner.len().min(value.len())];
+        let ok = raw == value && inner[value.len()..].starts_with(q);
+        return (value_start + 1, ok.then_some(raw));
+    }
+    let line_end = rest.find('\n').unwrap_or(rest.len());
+    let raw = &rest[..line_end];
+    if raw.trim_end().starts_with(value) || raw.trim_end() == value {
+        (value_start, Some(&rest[..value.len()]))
+    } else {
+        (value_start, None)
+    }
+}
+
+fn yaml_error(file: FileId, text: &str, e: &serde_yaml::Error) -> Diagnostic {
+    let msg = e.to_string();
+    let (offset, line_text) = match e.location() {
+        Some(l) => {
+            let off = l.index().min(text.len());
+            let line = text.lines().nth(l.line().saturating_sub(1)).unwrap_or("");
+            (off, line)
+        }
+        None => (0, ""),
+    };
+    // serde_yaml prefixes the path and suffixes the location; keep the reason.
+    let reason = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+    let word_end = text[offset..]
+        .find(|c: char| c == ':' || c == '\n')
+        .map(|i| offset + i)
+        .unwrap_or(text.len())
+        .max(offset + 1)
+        .min(text.len());
+    let mut d = Diagnostic::error("E0201", format!("invalid YAML: {reason}"))
+        .at(Span::new(file, offset, word_end.max(offset)), "here");
+    if line_text.contains('\t') || reason.contains("tab") {
+        d.code = "E0202";
+        d = d.note("YAML is indented with spaces; this line has a tab");
+    }
+    if let Some(unknown) = between(&reason, "unknown field `", "`") {
+        d.code = "E0203";
+        d.message = format!("unknown key `{unknown}`");
+        let expected: Vec<String> = reason
+            .split("expected ")
+            .nth(1)
+            .map(|s| s.split(',').map(|w| w.trim().trim_start_matches("one of ").trim_matches('`').to_string()).collect())
+            .unwrap_or_default();
+        d = d.suggest(unknown, expected.iter().map(|s| s.as_str()));
+        if !expected.is_empty() {
+            d = d.note(format!("keys here: {}", expected.join(", ")));
+        }
+        if let Some(p) = d.primary.as_mut() {
+            p.message = "unknown keys are errors".into();
+        }
+    }
+    d
+}
+
+fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let i = s.find(start)? + start.len();
+    let j = s[i..].find(end)? + i;
+    Some(&s[i..j])
+}
+
+/// Byte offsets of keys in a block-style YAML document, by key path.
+pub struct Locator {
+    entries: HashMap<String, Entry>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    key_start: usize,
+    key_end: usize,
+    value_start: usize,
+}
+
+impl Locator {
+    pub fn new(text: &str) -> Locator {
+        let mut entries = HashMap::new();
+        // The open keys: (indent, path element, whether it is a list item).
+        let mut stack: Vec<(usize, String, bool)> = Vec::new();
+        let mut counters: HashMap<String, usize> = HashMap::new();
+        let mut offset = 0;
+        for line in text.split_inclusive('\n') {
+            let start = offset;
+            offset += line.len();
+            let content = line.trim_end_matches(['\n', '\r']);
+            let trimmed = content.trim_start_matches(' ');
+            if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with("---") {
+                continue;
+            }
+            let mut indent = content.len() - trimmed.len();
+            let mut body = trimmed;
+            if let Some(rest) = body.strip_prefix("- ").or((body == "-").then_some("")) {
+                // A list item closes deeper keys and the previous item at its indent.
+                while stack
+                    .last()
+                    .is_some_and(|(i, _, item)| *i > indent || (*i == indent && *item))
+                {
+                    stack.pop();
+                }
+                let parent = path_of(&stack);
+                let n = counters.entry(parent.clone()).or_insert(0);
+                let idx = n.to_string();
+                *n += 1;
+                entries.insert(
+                    join(&parent, &idx),
+                    Entry { key_start: start + indent, key_end: start + indent + 1, value_start: start + indent + 2 },
+                );
+                stack.push((indent, idx, true));
+                let inner = rest.trim_start_matches(' ');
+                indent += 2 + (rest.len() - inner.len());
+                body = inner;
+            }
+            let Some(colon) = key_colon(body) else { continue };
+            let key = body[..colon].trim().trim_matches('"').trim_matches('\'');
+            while stack.last().is_some_and(|(i, _, _)| *i >= indent) {
+                stack.pop();
+            }
+            let parent = path_of(&stack);
+            let after = &body[colon + 1..];
+            let value_start = start + indent + colon + 1 + (after.len() - after.trim_start().len());
+            entries.insert(
+                join(&parent, key),
+                Entry { key_start: start + indent, key_end: start + indent + key.len(), value_start },
+            );
+            stack.push((indent, key.to_string(), false));
+        }
+        Locator { entries }
+    }
+
+    fn get(&self, path: &[&str]) -> Option<Entry> {
+        self.entries.get(&path.join("\u{1}")).copied()
+    }
+}
+
+fn path_of(stack: &[(usize, String, bool)]) -> String {
+    stack.iter().map(|(_, k, _)| k.as_str()).collect::<Vec<_>>().join("\u{1}")
+}
+
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() { key.to_string() } else { format!("{parent}\u{1}{key}") }
+}
+
+/// The offset of the `:` that ends a mapping key on this line, if the line has one.
+fn key_colon(body: &str) -> Option<usize> {
+    let mut quote = None;
+    for (i, c) in body.char_indices() {
+        match (quote, c) {
+            (None, '"' | '\'') if i == 0 => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, ':') => {
+                let next = body[i + 1..].chars().next();
+                if next.is_none() || next == Some(' ') {
+                    return Some(i);
+                }
+            }
+            (None, '#' | '[' | '{') => return None,
+            _ => {}
+        }
+    }
+    None
+}
