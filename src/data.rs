@@ -273,7 +273,11 @@ fn hive_partitions(dir: &Path, kind: FileKind) -> Vec<String> {
 
 /// DataFusion's messages carry context prefixes; keep the reason a user can act on.
 pub fn clean_error(msg: &str) -> String {
-    let mut m = msg.trim();
+    // The innermost cause is the one a user can act on.
+    let mut m = msg.rsplit("caused by").next().unwrap_or(msg).trim();
+    for prefix in ["Csv error: ", "Io error: ", "Json error: "] {
+        m = m.strip_prefix(prefix).unwrap_or(m);
+    }
     for prefix in ["Arrow error: ", "Parquet error: ", "External error: ", "Execution error: ", "Object Store error: "] {
         while let Some(rest) = m.strip_prefix(prefix) {
             m = rest;

@@ -16,7 +16,7 @@ use datafusion::common::{Column, JoinType, ScalarValue, TableReference};
 use datafusion::datasource::provider_as_source;
 use datafusion::functions::expr_fn as func;
 use datafusion::functions_aggregate::expr_fn as agg;
-use datafusion::logical_expr::{Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, cast, lit};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast, lit};
 use datafusion::prelude::SessionContext;
 
 /// Names of the columns a scan produces.
@@ -232,7 +232,7 @@ fn scan_plan(
     }
     let mut aggs = Vec::new();
     for &m in measures {
-        aggs.push(measure_expr(model, m)?.alias(measure_column(m)));
+        aggs.push(measure_expr(model, m).alias(measure_column(m)));
     }
     let plan = builder.aggregate(group, aggs).map_err(internal)?.build().map_err(internal)?;
     Ok((plan, edges))
@@ -306,7 +306,7 @@ pub fn period_expr(time: Expr, grain: Grain, calendar: &Calendar) -> Expr {
     }
 }
 
-fn measure_expr(model: &Model, m: MeasureId) -> Result<Expr> {
+fn measure_expr(model: &Model, m: MeasureId) -> Expr {
     let ms = &model.measures[m];
     let arg = ms.arg.as_ref().map(|a| row_expr(model, a));
     let float = |e: Expr| cast(e, DataType::Float64);
@@ -322,9 +322,14 @@ fn measure_expr(model: &Model, m: MeasureId) -> Result<Expr> {
         Agg::Median => agg::median(float(arg.unwrap_or_else(one))),
         Agg::Percentile(p) => agg::percentile_cont(float(arg.unwrap_or_else(one)).sort(true, false), lit(p)),
     };
-    match &ms.filter {
-        Some(f) => e.filter(row_expr(model, f)).build().map_err(internal),
-        None => Ok(e),
+    // Set the filter on the aggregate itself: DataFusion's `ExprFunctionExt` builder would
+    // reset `distinct` and the ordering of percentile_cont.
+    match (e, &ms.filter) {
+        (Expr::AggregateFunction(mut f), Some(filter)) => {
+            f.params.filter = Some(Box::new(row_expr(model, filter)));
+            Expr::AggregateFunction(f)
+        }
+        (e, _) => e,
     }
 }
 

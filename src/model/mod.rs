@@ -772,6 +772,17 @@ impl<'a> Resolver<'a> {
             };
             return Ok(Measure { source: sid, agg: Agg::Count, arg: None, filter });
         }
+        // count(name) where `name` is neither a source nor a column anywhere: a misspelt source.
+        if agg_name == "count" && args.len() == 1
+            && let ExprKind::Name(n) = &args[0].kind
+            && !self.schemas.iter().flatten().any(|s| s.field_with_name(n).is_ok())
+        {
+            let d = Diagnostic::error("E0503", format!("unknown source `{n}`"))
+                .at(args[0].span, "no source of this name")
+                .suggest(n, self.source_names.iter().map(|s| s.as_str()));
+            self.error(d);
+            return Err(());
+        }
         let (arg, extra) = match (agg_name, args) {
             ("percentile", [a, p]) => (a, Some(p)),
             ("percentile", _) => {

@@ -23,6 +23,9 @@ struct TallyParser;
 /// Top-level keywords of the DSL.
 pub const KEYWORDS: &[&str] = &["source", "dimension", "metric", "target", "alert", "report"];
 
+/// Words that may start a continued expression line.
+const EXPRESSION_WORDS: &[&str] = &["where", "and", "or", "not", "in", "between", "is", "join"];
+
 static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
     PrattParser::new()
         .op(Op::infix(Rule::op_or, Assoc::Left))
@@ -103,14 +106,17 @@ fn split_items(text: &str) -> Vec<(usize, usize)> {
     for line in text.split_inclusive('\n') {
         let trimmed = line.trim_start();
         let indent = line.len() - trimmed.len();
-        for kw in KEYWORDS {
-            if let Some(rest) = trimmed.strip_prefix(kw)
-                && rest.starts_with([' ', '\t'])
-                && rest.trim_start().starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-            {
-                starts.push(offset + indent);
-                break;
-            }
+        let word = word_at(trimmed, 0);
+        let rest = &trimmed[word.len()..];
+        let looks_like_definition = !word.is_empty()
+            && rest.starts_with([' ', '\t'])
+            && rest.trim_start().starts_with(|c: char| c.is_ascii_alphabetic() || c == '_');
+        // A keyword, or an unknown word at the start of a line where a definition would
+        // start (a misspelt keyword), begins a new definition.
+        if looks_like_definition
+            && (KEYWORDS.contains(&word) || (indent == 0 && !EXPRESSION_WORDS.contains(&word)))
+        {
+            starts.push(offset + indent);
         }
         offset += line.len();
     }

@@ -1,0 +1,175 @@
+//! Every metric kind and filter form against values computed by hand on a tiny shop
+//! (tests/fixtures/shop): 8 orders over January, February and April 2026 (March has none).
+
+use crate::{Q, assert_close, fixture, load};
+use tally::settings::SettingsFile;
+
+const N: Option<f64> = None;
+
+fn s(v: f64) -> Option<f64> {
+    Some(v)
+}
+
+/// Monthly values (Jan, Feb, Mar, Apr) and the total over everything, by hand.
+fn expectations() -> Vec<(&'static str, [Option<f64>; 4], Option<f64>)> {
+    vec![
+        ("orders", [s(4.), s(2.), s(0.), s(2.)], s(8.)),
+        ("paid_orders", [s(3.), s(1.), s(0.), s(2.)], s(6.)),
+        ("revenue", [s(360.5), s(300.), s(0.), s(60.)], s(720.5)),
+        ("avg_order", [s(100.125), s(187.5), N, s(60.)], s(835.5 / 7.)),
+        ("min_order", [s(10.), s(75.), N, s(60.)], s(10.)),
+        ("max_order", [s(250.5), s(300.), N, s(60.)], s(300.)),
+        ("median_order", [s(70.), s(187.5), N, s(60.)], s(75.)),
+        ("p75_order", [s(137.625), s(243.75), N, s(60.)], s(175.25)),
+        ("buyers", [s(3.), s(1.), s(0.), s(2.)], s(4.)),
+        ("paid_share", [s(0.75), s(0.5), N, s(1.)], s(0.75)),
+        ("revenue_per_buyer", [s(360.5 / 3.), s(300.), N, s(30.)], s(180.125)),
+        ("net", [s(320.5), s(300.), s(0.), s(60.)], s(680.5)),
+        ("hours_to_ship", [s(36.), s(24.), N, s(18.)], s(28.)),
+        ("days_to_ship", [s(1.5), s(1.), N, s(0.75)], s(28. / 24.)),
+        ("big_or_phone", [s(1.), s(2.), s(0.), s(1.)], s(4.)),
+        ("not_web", [s(1.), s(1.), s(0.), s(1.)], s(3.)),
+        ("in_list", [s(4.), s(1.), s(0.), s(2.)], s(7.)),
+        ("not_in", [s(1.), s(1.), s(0.), s(0.)], s(2.)),
+        ("between_50_100", [s(1.), s(1.), s(0.), s(1.)], s(3.)),
+        ("null_channel", [s(1.), s(0.), s(0.), s(0.)], s(1.)),
+        ("known_channel", [s(3.), s(2.), s(0.), s(2.)], s(7.)),
+        ("late_january", [s(2.), s(0.), s(0.), s(0.)], s(2.)),
+        ("smb_amount", [s(150.), s(0.), s(0.), s(60.)], s(210.)),
+        ("upper_web", [s(2.), s(1.), s(0.), s(1.)], s(4.)),
+        ("coalesced", [s(404.5), s(377.), s(0.), s(62.)], s(843.5)),
+        ("recent_signups", [s(2.), s(1.), s(0.), s(1.)], s(4.)),
+        ("arithmetic", [s(365.5), s(305.), s(5.), s(65.)], s(725.5)),
+        ("nothing", [s(0.), s(0.), s(0.), s(0.)], s(0.)),
+        ("nothing_avg", [N, N, N, N], N),
+        ("p75_paid", [s(175.25), s(300.), N, s(60.)], s(250.5)),
+        ("median_paid", [s(100.), s(300.), N, s(60.)], s(100.)),
+        ("ordering_customers", [s(3.), s(2.), s(0.), s(2.)], s(4.)),
+    ]
+}
+
+#[test]
+fn every_metric_kind_by_month_and_in_total() {
+    let mut env = load(&fixture("shop"), SettingsFile::default());
+    let exp = expectations();
+    let names: Vec<&str> = exp.iter().map(|e| e.0).collect();
+    let monthly = env.query(&names, Q { grain: Some("month"), ..Q::default() });
+    let periods: Vec<String> = monthly.rows.iter().map(|r| r.period.unwrap().to_string()).collect();
+    assert_eq!(periods, ["2026-01-01", "2026-02-01", "2026-03-01", "2026-04-01"], "every month, the empty one too");
+    let total = env.query(&names, Q::default());
+    assert_eq!(total.rows.len(), 1);
+    for (i, (name, months, all)) in exp.iter().enumerate() {
+        for (m, row) in monthly.rows.iter().enumerate() {
+            assert_close(row.values[i], months[m], &format!("{name} in {}", periods[m]));
+        }
+        assert_close(total.rows[0].values[i], *all, &format!("{name} in total"));
+    }
+}
+
+#[test]
+fn each_metric_alone_equals_the_same_metric_among_others() {
+    // One scan serves many measures; the values must not depend on the company they keep.
+    let mut env = load(&fixture("shop"), SettingsFile::default());
+    for (name, months, _) in expectations() {
+        let t = env.query(&[name], Q { grain: Some("month"), ..Q::default() });
+        for (m, row) in t.rows.iter().enumerate() {
+            assert_close(row.values[0], months[m], name);
+        }
+    }
+}
+
+#[test]
+fn a_join_never_drops_or_duplicates_rows() {
+    let mut env = load(&fixture("shop"), SettingsFile::default());
+    let t = env.query(&["orders", "revenue"], Q { dims: &["segment"], ..Q::default() });
+    let got: Vec<(Option<String>, Option<f64>, Option<f64>)> =
+        t.rows.iter().map(|r| (r.dimensions[0].clone(), r.values[0], r.values[1])).collect();
+    assert_eq!(
+        got,
+        vec![
+            (Some("enterprise".into()), s(2.), s(250.5)),
+            (Some("smb".into()), s(5.), s(170.)),
+            // customer 9 is not in customers: its order still counts, under no segment
+            (None, s(1.), s(300.)),
+        ]
+    );
+}
+
+#[test]
+fn every_period_and_breakdown_value_is_present() {
+    let mut env = load(&fixture("shop"), SettingsFile::default());
+    let t = env.query(&["orders", "paid_share"], Q { grain: Some("month"), dims: &["channel"], ..Q::default() });
+    // 4 months x 3 channel values (phone, web, none)
+    assert_eq!(t.rows.len(), 12);
+    let march: Vec<_> = t.rows.iter().filter(|r| r.period.unwrap().to_string() == "2026-03-01").collect();
+    assert_eq!(march.len(), 3);
+    for r in march {
+        assert_eq!(r.values, vec![s(0.), N], "a count over no rows is 0, a ratio of 0/0 is null");
+    }
+    let jan_phone = t
+        .rows
+        .iter()
+        .find(|r| r.period.unwrap().to_string() == "2026-01-01" && r.dimensions[0].as_deref() == Some("phone"))
+        .unwrap();
+    assert_eq!(jan_phone.values, vec![s(1.), s(1.)]);
+}
+
+#[test]
+fn weeks_start_on_monday_and_empty_weeks_are_zero() {
+    let mut env = load(&fixture("shop"), SettingsFile::default());
+    let t = env.query(&["orders"], Q { grain: Some("week"), ..Q::default() });
+    let got: Vec<(String, f64)> = t.rows.iter().map(|r| (r.period.unwrap().to_string(), r.values[0].unwrap())).collect();
+    let mut expected = vec![("2026-01-05", 2.), ("2026-01-12", 0.), ("2026-01-19", 1.), ("2026-01-26", 2.)];
+    expected.extend([("2026-02-02", 0.), ("2026-02-09", 1.)]);
+    for w in ["2026-02-16", "2026-02-23", "2026-03-02", "2026-03-09", "2026-03-16", "2026-03-23"] {
+        expected.push((w, 0.));
+    }
+    expected.push(("2026-03-30", 2.));
+    let expected: Vec<(String, f64)> = expected.into_iter().map(|(a, b)| (a.to_string(), b)).collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn days_quarters_and_fiscal_years() {
+    let mut env = load(&fixture("shop"), SettingsFile::default());
+    let t = env.query(&["orders"], Q { grain: Some("quarter"), ..Q::default() });
+    let got: Vec<_> = t.rows.iter().map(|r| (r.period.unwrap().to_string(), r.values[0])).collect();
+    assert_eq!(got, vec![("2026-01-01".to_string(), s(6.)), ("2026-04-01".to_string(), s(2.))]);
+
+    let t = env.query(&["orders"], Q { grain: Some("day"), from: Some("2026-01-05"), to: Some("2026-01-06"), ..Q::default() });
+    let got: Vec<_> = t.rows.iter().map(|r| (r.period.unwrap().to_string(), r.values[0])).collect();
+    assert_eq!(got, vec![("2026-01-05".to_string(), s(2.)), ("2026-01-06".to_string(), s(0.))]);
+
+    let overrides = SettingsFile { fiscal_year_start: Some("april".into()), ..SettingsFile::default() };
+    let mut fiscal = load(&fixture("shop"), overrides);
+    let t = fiscal.query(&["orders"], Q { grain: Some("year"), ..Q::default() });
+    let got: Vec<_> = t.rows.iter().map(|r| (r.period.unwrap().to_string(), r.values[0])).collect();
+    assert_eq!(got, vec![("2025-04-01".to_string(), s(6.)), ("2026-04-01".to_string(), s(2.))]);
+}
+
+#[test]
+fn from_to_and_where_filter() {
+    let mut env = load(&fixture("shop"), SettingsFile::default());
+    let t = env.query(&["orders"], Q { grain: Some("month"), from: Some("2026-01-06"), to: Some("2026-02-14"), ..Q::default() });
+    let got: Vec<_> = t.rows.iter().map(|r| r.values[0]).collect();
+    assert_eq!(got, vec![s(2.), s(2.)]);
+
+    let t = env.query(&["orders", "revenue"], Q { grain: Some("month"), filter: Some("channel = \"web\""), ..Q::default() });
+    let got: Vec<_> = t.rows.iter().map(|r| (r.values[0], r.values[1])).collect();
+    assert_eq!(got, vec![(s(2.), s(100.)), (s(1.), s(300.)), (s(0.), s(0.)), (s(1.), s(60.))]);
+
+    // A filter through the join.
+    let t = env.query(&["orders"], Q { filter: Some("segment = \"smb\" and amount > 20"), ..Q::default() });
+    assert_eq!(t.rows[0].values, vec![s(3.)]);
+}
+
+#[test]
+fn a_dimension_the_source_cannot_reach_is_refused() {
+    let mut env = load(&fixture("shop"), SettingsFile::default());
+    let err = env.try_query(&["customers"], Q { dims: &["channel"], ..Q::default() }).unwrap_err();
+    assert!(err.message.contains("does not join"), "{}", err.message);
+    let err = env.try_query(&["customers"], Q { grain: Some("month"), ..Q::default() }).unwrap_err();
+    assert!(err.message.contains("has no time column"), "{}", err.message);
+    let t = env.query(&["customers"], Q::default());
+    assert_eq!(t.rows[0].values, vec![s(3.)]);
+}

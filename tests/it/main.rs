@@ -1,0 +1,91 @@
+//! Integration tests: hand-computed fixtures, differential checks against hand-written SQL,
+//! diagnostics snapshots and the binary's behaviour.
+
+mod cli;
+mod diagnostics;
+mod differential;
+mod fixtures;
+
+use std::path::{Path, PathBuf};
+use tally::model::Model;
+use tally::plan::Query;
+use tally::run::ResultTable;
+use tally::settings::SettingsFile;
+use tally::span::Files;
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// A resolved project, ready to query.
+pub struct Env {
+    pub files: Files,
+    pub model: Model,
+    pub ctx: datafusion::prelude::SessionContext,
+    pub settings: tally::settings::Settings,
+}
+
+pub fn load(dir: &Path, overrides: SettingsFile) -> Env {
+    let (project, diags) = tally::project::load(dir, &overrides).map_err(|(_, d)| d).expect("project loads");
+    assert!(diags.is_empty(), "{:?}", diags);
+    let ctx = tally::data::session(&project.settings).unwrap();
+    let (model, diags) = runtime().block_on(tally::model::resolve(
+        &ctx,
+        &project.settings,
+        &project.files,
+        project.definitions.clone(),
+    ));
+    let errors: Vec<_> = diags.iter().filter(|d| d.severity == tally::diagnostic::Severity::Error).collect();
+    assert!(errors.is_empty(), "{}", tally::diagnostic::render_human(&project.files, &diags, false));
+    Env { files: project.files, model: model.unwrap(), ctx, settings: project.settings }
+}
+
+/// Query options, with the defaults of `tally query`.
+#[derive(Default)]
+pub struct Q<'a> {
+    pub grain: Option<&'a str>,
+    pub dims: &'a [&'a str],
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub filter: Option<&'a str>,
+}
+
+impl Env {
+    pub fn query(&mut self, metrics: &[&str], q: Q) -> ResultTable {
+        self.try_query(metrics, q).unwrap_or_else(|d| panic!("{}", tally::diagnostic::render_human(&self.files, &[d], false)))
+    }
+
+    pub fn try_query(&mut self, metrics: &[&str], q: Q) -> Result<ResultTable, tally::diagnostic::Diagnostic> {
+        let filter = q.filter.map(|f| {
+            let id = self.files.add("--where", PathBuf::from("--where"), f.to_string());
+            tally::syntax::parse_expr(id, f, 0).unwrap()
+        });
+        let query = Query {
+            metrics: metrics.iter().map(|m| self.model.metric(m).unwrap_or_else(|| panic!("metric {m}"))).collect(),
+            grain: q.grain.map(|g| tally::time::Grain::parse(g).unwrap()),
+            dimensions: q.dims.iter().map(|d| self.model.dimension(d).unwrap()).collect(),
+            from: q.from.map(|d| d.parse().unwrap()),
+            to: q.to.map(|d| d.parse().unwrap()),
+            filter,
+        };
+        let calendar = self.settings.calendar();
+        runtime().block_on(tally::run::query(&self.ctx, &self.model, &self.files, &calendar, query))
+    }
+}
+
+/// Asserts two optional numbers are equal to a relative 1e-9.
+#[track_caller]
+pub fn assert_close(actual: Option<f64>, expected: Option<f64>, what: &str) {
+    match (actual, expected) {
+        (None, None) => {}
+        (Some(a), Some(e)) => {
+            let tol = 1e-9 * e.abs().max(1.0);
+            assert!((a - e).abs() <= tol, "{what}: expected {e}, got {a}");
+        }
+        _ => panic!("{what}: expected {expected:?}, got {actual:?}"),
+    }
+}
