@@ -21,6 +21,7 @@ pub mod data;
 pub mod diagnostic;
 pub mod model;
 pub mod output;
+pub mod percentile;
 pub mod plan;
 pub mod project;
 pub mod run;

@@ -320,7 +320,7 @@ fn measure_expr(model: &Model, m: MeasureId) -> Expr {
         Agg::Min => agg::min(arg.unwrap_or_else(one)),
         Agg::Max => agg::max(arg.unwrap_or_else(one)),
         Agg::Median => agg::median(float(arg.unwrap_or_else(one))),
-        Agg::Percentile(p) => agg::percentile_cont(float(arg.unwrap_or_else(one)).sort(true, false), lit(p)),
+        Agg::Percentile(p) => crate::percentile::percentile(float(arg.unwrap_or_else(one)), p),
     };
     // Set the filter on the aggregate itself: DataFusion's `ExprFunctionExt` builder would
     // reset `distinct` and the ordering of percentile_cont.
