@@ -103,7 +103,7 @@ pub fn resolve_path(settings: &Settings, written: &str, span: Span) -> Result<Pa
     if !allowed(&normal) || !real.as_ref().is_none_or(|r| allowed_real(settings, r)) {
         return Err(Diagnostic::error("E0402", format!("the path `{written}` leaves the project's data root"))
             .at(span, "outside the data root")
-            .note(format!("data root: {}", settings.data.display()))
+            .note(format!("data root: {}", match settings.display(&settings.data).as_str() { "" => ".".to_string(), d => d.to_string() }))
             .note("sources may read only files under the data root; list other folders under `allow_paths` in tally.yaml"));
     }
     Ok(normal)
@@ -165,7 +165,7 @@ pub async fn open(
     let not_found = |what: &str| {
         Diagnostic::data("E0403", format!("{what} `{written}` not found"))
             .at(span, "no such file")
-            .file(path.display().to_string())
+            .file(settings.display(&path))
     };
     let is_dir = !glob && path.is_dir();
     if !glob && !path.exists() {
@@ -187,7 +187,7 @@ pub async fn open(
                     if is_dir && sample.is_none() {
                         return Err(Diagnostic::data("E0405", format!("the folder `{written}` holds no .csv or .parquet file"))
                             .at(span, "empty folder")
-                            .file(path.display().to_string()));
+                            .file(settings.display(&path)));
                     }
                     return Err(Diagnostic::error("E0404", format!("cannot tell the format of `{written}`"))
                         .at(span, "neither .csv nor .parquet")
@@ -218,11 +218,11 @@ pub async fn open(
         if msg.contains("No files found") {
             Diagnostic::data("E0403", format!("no file matches `{written}`"))
                 .at(span, "nothing matches")
-                .file(path.display().to_string())
+                .file(settings.display(&path))
         } else {
             Diagnostic::data("E0407", format!("cannot read the schema of `{written}`: {}", clean_error(&msg)))
                 .at(span, "unreadable data")
-                .file(path.display().to_string())
+                .file(settings.display(&path))
         }
     })?;
     let mut fields: Vec<Arc<Field>> = file_schema.fields().iter().cloned().collect();
@@ -275,13 +275,18 @@ fn hive_partitions(dir: &Path, kind: FileKind) -> Vec<String> {
 pub fn clean_error(msg: &str) -> String {
     // The innermost cause is the one a user can act on.
     let mut m = msg.rsplit("caused by").next().unwrap_or(msg).trim();
-    for prefix in ["Csv error: ", "Io error: ", "Json error: "] {
-        m = m.strip_prefix(prefix).unwrap_or(m);
+    const PREFIXES: &[&str] = &[
+        "Arrow error: ",
+        "Parquet error: ",
+        "External error: ",
+        "Execution error: ",
+        "Object Store error: ",
+        "Csv error: ",
+        "Io error: ",
+        "Json error: ",
+    ];
+    while let Some(rest) = PREFIXES.iter().find_map(|p| m.strip_prefix(p)) {
+        m = rest.trim();
     }
-    for prefix in ["Arrow error: ", "Parquet error: ", "External error: ", "Execution error: ", "Object Store error: "] {
-        while let Some(rest) = m.strip_prefix(prefix) {
-            m = rest;
-        }
-    }
-    m.replace("Arrow error: ", "").replace("Parquet error: ", "")
+    m.to_string()
 }

@@ -47,6 +47,11 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// A path as shown to the user: relative to the project root when it is inside it.
+    pub fn display(&self, path: &Path) -> String {
+        path.strip_prefix(&self.root).unwrap_or(path).display().to_string()
+    }
+
     /// Where weeks and fiscal years begin.
     pub fn calendar(&self) -> crate::time::Calendar {
         crate::time::Calendar { week_start: self.week_start, fiscal_year_start: self.fiscal_year_start }

@@ -199,9 +199,10 @@ impl Ctx {
                 .note("strings end on the line they start on");
         }
         // A word at the start of a line where a definition keyword should be.
+        let at_end = pos >= chunk.trim_end().len();
         let at_line_start = whole[..abs].rsplit('\n').next().is_some_and(|l| l.trim().is_empty());
         let word = word_at(whole, abs);
-        if at_line_start && !word.is_empty() && word.chars().next().is_some_and(|c| c.is_alphabetic()) {
+        if !at_end && at_line_start && word.chars().next().is_some_and(|c| c.is_alphabetic()) {
             let in_block = chunk[..pos].matches('{').count() > chunk[..pos].matches('}').count();
             if !in_block {
                 return unknown_keyword(self.file, whole, abs);
@@ -216,12 +217,26 @@ impl Ctx {
             }
             ErrorVariant::CustomError { .. } => Vec::new(),
         };
-        let found = found_token(whole, abs);
+        let found = if at_end { "the end of the definition".to_string() } else { found_token(whole, abs) };
         let message = if expected.is_empty() {
             format!("unexpected {found}")
         } else {
             format!("expected {}, found {found}", join_or(&expected))
         };
+        if at_end {
+            // Point at the end of what was written, not at the next definition.
+            let last = self.offset + chunk.trim_end().len();
+            let start = last - chunk.trim_end().chars().next_back().map(|c| c.len_utf8()).unwrap_or(0);
+            let mut d = Diagnostic::error("E0101", "syntax error: the definition ends too early")
+                .at(Span::new(self.file, start, last), message);
+            let code = chunk.split("//").next().unwrap_or(chunk);
+            for (open, close) in [('(', ')'), ('[', ']'), ('{', '}')] {
+                if code.matches(open).count() > code.matches(close).count() {
+                    d = d.note(format!("a `{open}` is not closed"));
+                }
+            }
+            return d;
+        }
         let end = abs + whole[abs..].chars().next().map(|c| c.len_utf8()).unwrap_or(0);
         Diagnostic::error("E0101", "syntax error").at(Span::new(self.file, abs, end), message)
     }
