@@ -1,0 +1,148 @@
+//! The binary: arguments in; exit code, stdout and stderr out.
+
+use crate::fixture;
+use std::process::Command;
+
+fn tally(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(args)
+        .arg("--color=never")
+        .arg("--project")
+        .arg(fixture("shop"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+#[test]
+fn query_as_table_csv_and_json() {
+    let (code, stdout, stderr) = tally(&["query", "orders", "revenue", "paid_share", "--by", "month"]);
+    assert_eq!((code, stderr.as_str()), (0, ""));
+    insta::assert_snapshot!("query_table", stdout);
+
+    let (code, stdout, _) = tally(&["query", "orders,revenue", "--by", "month", "--dim", "segment", "--format", "csv"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!("query_csv", stdout);
+
+    let (code, stdout, _) = tally(&["query", "paid_share", "--by", "quarter", "--format", "json"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!("query_json", stdout);
+}
+
+#[test]
+fn query_with_range_and_filter() {
+    let (code, stdout, _) = tally(&[
+        "query", "orders", "--by", "month", "--from", "2026-02", "--to", "2026-03", "--where", "channel != \"web\"",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(stdout, "month       orders\n----------  ------\n2026-02-01       1\n2026-03-01       0\n");
+}
+
+#[test]
+fn usage_errors_exit_2_with_did_you_mean() {
+    let (code, _, stderr) = tally(&["query", "revnue"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("unknown metric `revnue`") && stderr.contains("did you mean `revenue`?"), "{stderr}");
+    let (code, _, stderr) = tally(&["query", "orders", "--by", "fortnight"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("unknown grain `fortnight`"), "{stderr}");
+    let (code, _, stderr) = tally(&["query", "orders", "--dim", "segmnt"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("did you mean `segment`?"), "{stderr}");
+    let (code, _, stderr) = tally(&["query", "orders", "--where", "status = "]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--where:1:"), "{stderr}");
+    let (code, _, stderr) = tally(&["query", "orders", "--from", "yesterday"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("is not a date"), "{stderr}");
+    let (code, _, _) = tally(&["frobnicate"]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn check_list_explain_schema() {
+    let (code, _, stderr) = tally(&["check"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.starts_with("ok: 2 sources, 2 dimensions"), "{stderr}");
+
+    let (code, stdout, _) = tally(&["list"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("orders  orders.csv  time: ordered_at  key: order_id"), "{stdout}");
+    assert!(stdout.contains("join customers on customer_id = customer_id"), "{stdout}");
+    assert!(stdout.contains("paid_share = paid_orders / orders  [percent]"), "{stdout}");
+
+    let (code, stdout, _) = tally(&["explain", "paid_share"]);
+    assert_eq!(code, 0);
+    // Two measures of one source: one scan, one aggregate.
+    assert!(stdout.contains("-- scan 1 of 1: source `orders`"), "{stdout}");
+    assert_eq!(stdout.matches("Aggregate:").count(), 1, "{stdout}");
+    assert!(stdout.contains("FILTER (WHERE"), "{stdout}");
+    assert!(stdout.contains("SELECT "), "{stdout}");
+
+    let (code, stdout, _) = tally(&["schema"]);
+    assert_eq!(code, 0);
+    let schema: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(schema["title"], "tally definitions");
+    assert!(schema["properties"]["metrics"].is_object());
+}
+
+#[test]
+fn data_errors_at_query_time_exit_4() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::diagnostics::write_files(
+        dir.path(),
+        &[
+            ("orders.csv", b"order_id,customer\n1,alice\n2,bob\n"),
+            ("customers.csv", b"customer,segment\nalice,smb\nbob,ent\nbob,smb\n"),
+            (
+                "m.tally",
+                b"source orders { file: \"orders.csv\" join customers on customer }\nsource customers { file: \"customers.csv\" key: customer }\nmetric n = count(orders)\ndimension segment = customers.segment\n",
+            ),
+        ],
+    );
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tally")).args(args).arg("--color=never").arg("--project").arg(dir.path()).output().unwrap();
+        (out.status.code().unwrap(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // Without the join, the duplicate does not matter.
+    assert_eq!(run(&["query", "n"]).0, 0);
+    let (code, stderr) = run(&["query", "n", "--dim", "segment"]);
+    assert_eq!(code, 4);
+    insta::assert_snapshot!("duplicate_join_key", stderr);
+}
+
+#[test]
+fn memory_limit_is_applied_and_named_when_exceeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("id,at,k\n");
+    for i in 0..200_000 {
+        csv.push_str(&format!("{i},2026-01-{:02},k{i}\n", i % 28 + 1));
+    }
+    crate::diagnostics::write_files(
+        dir.path(),
+        &[
+            ("t.csv", csv.as_bytes()),
+            ("m.tally", b"source t { file: \"t.csv\" time: at }\nmetric distinct_keys = count_distinct(t.k)\n"),
+            ("tally.yaml", b"memory_limit: 200KB\nthreads: 1\n"),
+        ],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["query", "distinct_keys", "--by", "day", "--color=never", "--project"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("more memory than the memory limit"), "{stderr}");
+    // With room, the same query works.
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["query", "distinct_keys", "--memory-limit", "1GB", "--color=never", "--project"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("200,000"));
+}
