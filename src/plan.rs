@@ -206,9 +206,9 @@ fn scan_plan(
         .at(src.span, "declare `time: COLUMN` to break it down by period")
         .note("query it without --by, --from and --to"));
     }
-    let period = |t: &crate::model::TimeColumn, g: Grain| period_expr(column(model, source, &t.name), g, calendar);
+    let day_of = |t: &crate::model::TimeColumn| local_day(model, source, &t.name, calendar);
     if let Some(t) = time {
-        let day = to_date(column(model, source, &t.name));
+        let day = day_of(t);
         if let Some(from) = query.from {
             conditions.push(day.clone().gt_eq(date_lit(from)));
         }
@@ -225,7 +225,7 @@ fn scan_plan(
 
     let mut group = Vec::new();
     if let (Some(g), Some(t)) = (query.grain, time) {
-        group.push(period(t, g).alias(PERIOD));
+        group.push(period_expr(day_of(t), g, calendar).alias(PERIOD));
     }
     for (i, d) in dims.into_iter().enumerate() {
         group.push(d.alias(dim_column(i)));
@@ -269,14 +269,27 @@ fn date_lit(d: NaiveDate) -> Expr {
     lit(ScalarValue::Date32(Some(to_days(d))))
 }
 
-/// A date or timestamp as a Date32 (the calendar day).
-fn to_date(e: Expr) -> Expr {
-    cast(e, DataType::Date32)
+/// The calendar day of a time column, as a Date32. With a project time zone, timestamps
+/// are instants (naive ones taken as UTC) and their day is the local day in that zone.
+fn local_day(model: &Model, source: SourceId, name: &str, calendar: &Calendar) -> Expr {
+    let e = column(model, source, name);
+    let data_type = model.sources[source].data.schema.field_with_name(name).map(|f| f.data_type().clone());
+    match (data_type, calendar.time_zone) {
+        (Ok(DataType::Timestamp(unit, stored)), Some(tz)) => {
+            let utc = match stored {
+                Some(_) => e,
+                None => cast(e, DataType::Timestamp(unit, Some("UTC".into()))),
+            };
+            let zoned = cast(utc, DataType::Timestamp(unit, Some(tz.name().into())));
+            // to_local_time: the wall-clock time in that zone, as a naive timestamp.
+            cast(func::to_local_time(vec![zoned]), DataType::Date32)
+        }
+        _ => cast(e, DataType::Date32),
+    }
 }
 
-/// The first day of the period a time value falls in, as a Date32.
-pub fn period_expr(time: Expr, grain: Grain, calendar: &Calendar) -> Expr {
-    let day = to_date(time);
+/// The first day of the period a day falls in, as a Date32.
+pub fn period_expr(day: Expr, grain: Grain, calendar: &Calendar) -> Expr {
     match grain {
         Grain::Day => day,
         Grain::Week => {

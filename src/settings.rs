@@ -54,7 +54,11 @@ impl Settings {
 
     /// Where weeks and fiscal years begin.
     pub fn calendar(&self) -> crate::time::Calendar {
-        crate::time::Calendar { week_start: self.week_start, fiscal_year_start: self.fiscal_year_start }
+        crate::time::Calendar {
+            week_start: self.week_start,
+            fiscal_year_start: self.fiscal_year_start,
+            time_zone: self.time_zone,
+        }
     }
 }
 

@@ -30,17 +30,19 @@ impl Grain {
     }
 }
 
-/// Where weeks and fiscal years begin.
+/// Where days, weeks and fiscal years begin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Calendar {
     pub week_start: Weekday,
     /// 1 = January.
     pub fiscal_year_start: u32,
+    /// Timestamps are cut into days at midnight of this zone; `None`: as stored.
+    pub time_zone: Option<chrono_tz::Tz>,
 }
 
 impl Default for Calendar {
     fn default() -> Self {
-        Calendar { week_start: Weekday::Mon, fiscal_year_start: 1 }
+        Calendar { week_start: Weekday::Mon, fiscal_year_start: 1, time_zone: None }
     }
 }
 

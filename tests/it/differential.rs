@@ -185,7 +185,8 @@ fn monthly_sql() -> Vec<(&'static str, String, bool)> {
 fn compare(name: &str, tally: &tally::run::ResultTable, col: usize, expected: &Series, zero: bool) {
     let mut seen = 0;
     for row in &tally.rows {
-        let key = (row.period.unwrap().to_string(), row.dimensions.first().cloned().flatten());
+        let period = row.period.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        let key = (period, row.dimensions.first().cloned().flatten());
         let exp = match expected.get(&key) {
             Some(v) => {
                 seen += 1;
@@ -275,5 +276,59 @@ fn kpis_by_channel_equal_hand_written_sql() {
     assert_eq!(t.rows.len(), 24 * 6);
     for (i, (name, query, zero)) in cases.into_iter().enumerate() {
         compare(name, &t, i, &sql(&ctx, &query), zero);
+    }
+}
+
+/// The flights of New York City in 2013 (real data): periods cut at local midnight in
+/// America/New_York must agree with the local date the data carries in year/month/day,
+/// on every day of the year, both DST changes included.
+#[test]
+fn flights_by_local_day_and_month_equal_hand_written_sql() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/flights");
+    let mut env = load(&root, SettingsFile::default());
+    let ctx = SessionContext::new();
+    let path = root.join("data/flights.parquet");
+    runtime().block_on(ctx.register_parquet("flights", path.to_str().unwrap(), ParquetReadOptions::default())).unwrap();
+    let airlines = root.join("data/airlines.parquet");
+    runtime().block_on(ctx.register_parquet("airlines", airlines.to_str().unwrap(), ParquetReadOptions::default())).unwrap();
+
+    let local_day = "CAST(make_date(CAST(year AS INT), CAST(month AS INT), CAST(day AS INT)) AS VARCHAR)";
+    let t = env.query(&["flights"], Q { grain: Some("day"), ..Q::default() });
+    assert_eq!(t.rows.len(), 365);
+    compare("flights", &t, 0, &sql(&ctx, &format!("SELECT {local_day}, COUNT(*) FROM flights GROUP BY 1")), true);
+
+    let local_month = "CAST(make_date(CAST(year AS INT), CAST(month AS INT), 1) AS VARCHAR)";
+    let cases = [
+        ("cancellation_rate", format!("SELECT {local_month}, AVG(CASE WHEN dep_time IS NULL THEN 1.0 ELSE 0.0 END) FROM flights GROUP BY 1"), false),
+        (
+            "on_time_rate",
+            format!("SELECT {local_month}, AVG(CASE WHEN arr_delay <= 15 THEN 1.0 ELSE 0.0 END) FROM flights WHERE arr_delay IS NOT NULL GROUP BY 1"),
+            false,
+        ),
+        ("avg_dep_delay", format!("SELECT {local_month}, AVG(CAST(dep_delay AS DOUBLE)) FROM flights GROUP BY 1"), false),
+        ("distance_flown", format!("SELECT {local_month}, SUM(distance) FROM flights WHERE dep_time IS NOT NULL GROUP BY 1"), true),
+        ("routes", format!("SELECT {local_month}, COUNT(DISTINCT dest) FROM flights GROUP BY 1"), true),
+    ];
+    let names: Vec<&str> = cases.iter().map(|c| c.0).collect();
+    let t = env.query(&names, Q { grain: Some("month"), ..Q::default() });
+    assert_eq!(t.rows.len(), 12);
+    for (i, (name, query, zero)) in cases.into_iter().enumerate() {
+        compare(name, &t, i, &sql(&ctx, &query), zero);
+    }
+    let p95 = percentile_by_month(&ctx, &format!("SELECT {local_month}, arr_delay FROM flights"), 0.95);
+    let t = env.query(&["p95_arr_delay"], Q { grain: Some("month"), ..Q::default() });
+    compare("p95_arr_delay", &t, 0, &p95, false);
+
+    // By airline, through the join.
+    let t = env.query(&["flights", "on_time_rate"], Q { dims: &["carrier"], ..Q::default() });
+    let by_airline = sql(
+        &ctx,
+        "SELECT '-', a.name, AVG(CASE WHEN f.arr_delay <= 15 THEN 1.0 ELSE 0.0 END) FROM flights f \
+         LEFT JOIN airlines a ON f.carrier = a.carrier WHERE f.arr_delay IS NOT NULL GROUP BY 2",
+    );
+    assert_eq!(t.rows.len(), 16);
+    for row in &t.rows {
+        let key = ("-".to_string(), row.dimensions[0].clone());
+        assert_close(row.values[1], by_airline[&key], &format!("on_time_rate of {key:?}"));
     }
 }
