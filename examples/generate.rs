@@ -11,8 +11,8 @@
 
 use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, Weekday};
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder, Int64Builder, RecordBatch,
+    StringBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::parquet::arrow::ArrowWriter;
@@ -124,7 +124,11 @@ fn parse_args() -> Result<Args, String> {
             "--scale" => a.scale = value()?.parse().map_err(|_| "--scale takes a number")?,
             "--seed" => a.seed = value()?.parse().map_err(|_| "--seed takes a number")?,
             "--days" => a.days = value()?.parse().map_err(|_| "--days takes a number")?,
-            other => return Err(format!("unknown flag {other}; flags: --out DIR --scale N --seed N --days N")),
+            other => {
+                return Err(format!(
+                    "unknown flag {other}; flags: --out DIR --scale N --seed N --days N"
+                ));
+            }
         }
     }
     Ok(a)
@@ -156,14 +160,24 @@ impl Sink {
     fn new(dir: &Path, name: &str, schema: SchemaRef, csv: bool) -> Result<Sink, Box<dyn std::error::Error>> {
         if csv {
             let f = File::create(dir.join(format!("{name}.csv")))?;
-            Ok(Sink { schema, parquet: None, csv: Some(datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(f)), rows: 0 })
+            Ok(Sink {
+                schema,
+                parquet: None,
+                csv: Some(datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(f)),
+                rows: 0,
+            })
         } else {
             let f = File::create(dir.join(format!("{name}.parquet")))?;
             let props = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
                 .set_created_by("tally example generator".into())
                 .build();
-            Ok(Sink { parquet: Some(ArrowWriter::try_new(f, schema.clone(), Some(props))?), schema, csv: None, rows: 0 })
+            Ok(Sink {
+                parquet: Some(ArrowWriter::try_new(f, schema.clone(), Some(props))?),
+                schema,
+                csv: None,
+                rows: 0,
+            })
         }
     }
     fn write(&mut self, columns: Vec<ArrayRef>) -> Result<(), Box<dyn std::error::Error>> {
@@ -278,17 +292,58 @@ fn generate(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let end = a.start + Duration::days(a.days);
     while day < end {
         let month_end = (day.with_day(1).expect("day") + chrono::Months::new(1)).min(end);
-        let mut e = (Int64Builder::new(), TimestampMicrosecondBuilder::new(), StringBuilder::new(), Int64Builder::new(), StringBuilder::new(), StringBuilder::new());
-        let mut q = (Int64Builder::new(), Int64Builder::new(), TimestampMicrosecondBuilder::new(), Float64Builder::new(), BooleanBuilder::new());
+        let mut e = (
+            Int64Builder::new(),
+            TimestampMicrosecondBuilder::new(),
+            StringBuilder::new(),
+            Int64Builder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        );
+        let mut q = (
+            Int64Builder::new(),
+            Int64Builder::new(),
+            TimestampMicrosecondBuilder::new(),
+            Float64Builder::new(),
+            BooleanBuilder::new(),
+        );
         let money_b = || Decimal128Builder::new().with_data_type(DataType::Decimal128(12, 2));
-        let mut j = (Int64Builder::new(), Int64Builder::new(), Int64Builder::new(), StringBuilder::new(), StringBuilder::new(), TimestampMicrosecondBuilder::new(), TimestampMicrosecondBuilder::new(), money_b(), money_b());
-        let mut p = (Int64Builder::new(), Int64Builder::new(), Date32Builder::new(), Date32Builder::new(), money_b());
-        let mut s = (Date32Builder::new(), StringBuilder::new(), Float64Builder::new(), Int64Builder::new());
-        let mut w = (Int64Builder::new(), TimestampMicrosecondBuilder::new(), StringBuilder::new(), StringBuilder::new(), BooleanBuilder::new());
+        let mut j = (
+            Int64Builder::new(),
+            Int64Builder::new(),
+            Int64Builder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+            TimestampMicrosecondBuilder::new(),
+            TimestampMicrosecondBuilder::new(),
+            money_b(),
+            money_b(),
+        );
+        let mut p = (
+            Int64Builder::new(),
+            Int64Builder::new(),
+            Date32Builder::new(),
+            Date32Builder::new(),
+            money_b(),
+        );
+        let mut s = (
+            Date32Builder::new(),
+            StringBuilder::new(),
+            Float64Builder::new(),
+            Int64Builder::new(),
+        );
+        let mut w = (
+            Int64Builder::new(),
+            TimestampMicrosecondBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+            BooleanBuilder::new(),
+        );
         while day < month_end {
             let t = (day - a.start).num_days() as f64 / 365.0;
             // Busier in spring and autumn, quieter at weekends, growing about 18% a year.
-            let season = 1.0 + 0.22 * (std::f64::consts::TAU * (day.ordinal() as f64 - 80.0) / 365.0).sin()
+            let season = 1.0
+                + 0.22 * (std::f64::consts::TAU * (day.ordinal() as f64 - 80.0) / 365.0).sin()
                 + if day.month() == 12 { -0.25 } else { 0.0 };
             let weekday = match day.weekday() {
                 Weekday::Sat => 0.55,
@@ -307,8 +362,7 @@ fn generate(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
             ];
             for _ in 0..rng.poisson(30.0 * level) {
                 enquiry_id += 1;
-                let created = day.and_hms_opt(0, 0, 0).expect("time")
-                    + Duration::minutes(rng.range(7 * 60, 20 * 60));
+                let created = day.and_hms_opt(0, 0, 0).expect("time") + Duration::minutes(rng.range(7 * 60, 20 * 60));
                 let channel = rng.pick(&mix);
                 let service_i = {
                     let x = rng.pick(&SERVICES.iter().map(|s| (s.0, s.2)).collect::<Vec<_>>());
@@ -319,7 +373,11 @@ fn generate(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 e.0.append_value(enquiry_id);
                 e.1.append_value(ts(created));
                 // A few enquiries were logged without a channel.
-                if rng.chance(0.01) { e.2.append_null() } else { e.2.append_value(channel) }
+                if rng.chance(0.01) {
+                    e.2.append_null()
+                } else {
+                    e.2.append_value(channel)
+                }
                 e.3.append_value(customer);
                 e.4.append_value(service);
                 e.5.append_value(rng.pick(REGIONS));
@@ -350,7 +408,13 @@ fn generate(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 let started = quoted + Duration::hours(rng.range(20, 24 * 14));
                 let duration = Duration::minutes((typical.sqrt() * 40.0 * (0.5 * rng.normal()).exp()) as i64 + 60);
                 let completed = started + duration;
-                let status = if rng.chance(0.05) { "cancelled" } else if completed.date() >= end { "in_progress" } else { "completed" };
+                let status = if rng.chance(0.05) {
+                    "cancelled"
+                } else if completed.date() >= end {
+                    "in_progress"
+                } else {
+                    "completed"
+                };
                 let amount = value * (1.0 + 0.08 * rng.normal());
                 let cost = amount * (0.52 + 0.1 * rng.f());
                 j.0.append_value(job_id);
@@ -359,7 +423,11 @@ fn generate(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 j.3.append_value(service);
                 j.4.append_value(status);
                 j.5.append_value(ts(started));
-                if status == "completed" { j.6.append_value(ts(completed)) } else { j.6.append_null() }
+                if status == "completed" {
+                    j.6.append_value(ts(completed))
+                } else {
+                    j.6.append_null()
+                }
                 j.7.append_value(money(amount.max(50.0)));
                 j.8.append_value(money(cost.max(20.0)));
                 if status == "completed" {
@@ -369,7 +437,11 @@ fn generate(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
                     p.0.append_value(payment_id);
                     p.1.append_value(job_id);
                     p.2.append_value(days(invoiced));
-                    if rng.chance(0.04) || paid >= end { p.3.append_null() } else { p.3.append_value(days(paid)) }
+                    if rng.chance(0.04) || paid >= end {
+                        p.3.append_null()
+                    } else {
+                        p.3.append_value(days(paid))
+                    }
                     p.4.append_value(money(amount.max(50.0)));
                 }
             }
@@ -390,8 +462,16 @@ fn generate(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 j.7.append_value(money(amount));
                 j.8.append_value(money(amount * 0.6));
             }
-            for (channel, daily, cpc) in [("paid_ads", 160.0, 2.4), ("organic_search", 45.0, 0.0), ("phone", 18.0, 0.0), ("referral", 12.0, 0.0)] {
-                let amount = daily * a.scale.sqrt() * (1.0 + 0.15 * rng.normal()).max(0.2) * if day.month() == 12 { 0.7 } else { 1.0 };
+            for (channel, daily, cpc) in [
+                ("paid_ads", 160.0, 2.4),
+                ("organic_search", 45.0, 0.0),
+                ("phone", 18.0, 0.0),
+                ("referral", 12.0, 0.0),
+            ] {
+                let amount = daily
+                    * a.scale.sqrt()
+                    * (1.0 + 0.15 * rng.normal()).max(0.2)
+                    * if day.month() == 12 { 0.7 } else { 1.0 };
                 s.0.append_value(days(day));
                 s.1.append_value(channel);
                 s.2.append_value((amount * 100.0).round() / 100.0);
@@ -399,26 +479,86 @@ fn generate(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
             }
             for _ in 0..rng.poisson(70.0 * level) {
                 session_id += 1;
-                let traffic = rng.pick(&[("organic", 0.42 + 0.05 * t), ("paid", 0.28 - 0.04 * t), ("direct", 0.2), ("referral", 0.1)]);
+                let traffic = rng.pick(&[
+                    ("organic", 0.42 + 0.05 * t),
+                    ("paid", 0.28 - 0.04 * t),
+                    ("direct", 0.2),
+                    ("referral", 0.1),
+                ]);
                 let page = rng.pick(PAGES);
-                let rate = if page == "/contact" { 0.2 } else if page == "/pricing" { 0.08 } else { 0.035 };
+                let rate = if page == "/contact" {
+                    0.2
+                } else if page == "/pricing" {
+                    0.08
+                } else {
+                    0.035
+                };
                 w.0.append_value(session_id);
-                w.1.append_value(ts(day.and_hms_opt(0, 0, 0).expect("time") + Duration::seconds(rng.range(0, 86399))));
+                w.1.append_value(ts(
+                    day.and_hms_opt(0, 0, 0).expect("time") + Duration::seconds(rng.range(0, 86399))
+                ));
                 w.2.append_value(page);
                 w.3.append_value(traffic);
                 w.4.append_value(rng.chance(rate));
             }
             day += Duration::days(1);
         }
-        enquiries.write(vec![Arc::new(e.0.finish()), Arc::new(e.1.finish()), Arc::new(e.2.finish()), Arc::new(e.3.finish()), Arc::new(e.4.finish()), Arc::new(e.5.finish())])?;
-        quotes.write(vec![Arc::new(q.0.finish()), Arc::new(q.1.finish()), Arc::new(q.2.finish()), Arc::new(q.3.finish()), Arc::new(q.4.finish())])?;
-        jobs.write(vec![Arc::new(j.0.finish()), Arc::new(j.1.finish()), Arc::new(j.2.finish()), Arc::new(j.3.finish()), Arc::new(j.4.finish()), Arc::new(j.5.finish()), Arc::new(j.6.finish()), Arc::new(j.7.finish()), Arc::new(j.8.finish())])?;
-        payments.write(vec![Arc::new(p.0.finish()), Arc::new(p.1.finish()), Arc::new(p.2.finish()), Arc::new(p.3.finish()), Arc::new(p.4.finish())])?;
-        spend.write(vec![Arc::new(s.0.finish()), Arc::new(s.1.finish()), Arc::new(s.2.finish()), Arc::new(s.3.finish())])?;
-        sessions.write(vec![Arc::new(w.0.finish()), Arc::new(w.1.finish()), Arc::new(w.2.finish()), Arc::new(w.3.finish()), Arc::new(w.4.finish())])?;
+        enquiries.write(vec![
+            Arc::new(e.0.finish()),
+            Arc::new(e.1.finish()),
+            Arc::new(e.2.finish()),
+            Arc::new(e.3.finish()),
+            Arc::new(e.4.finish()),
+            Arc::new(e.5.finish()),
+        ])?;
+        quotes.write(vec![
+            Arc::new(q.0.finish()),
+            Arc::new(q.1.finish()),
+            Arc::new(q.2.finish()),
+            Arc::new(q.3.finish()),
+            Arc::new(q.4.finish()),
+        ])?;
+        jobs.write(vec![
+            Arc::new(j.0.finish()),
+            Arc::new(j.1.finish()),
+            Arc::new(j.2.finish()),
+            Arc::new(j.3.finish()),
+            Arc::new(j.4.finish()),
+            Arc::new(j.5.finish()),
+            Arc::new(j.6.finish()),
+            Arc::new(j.7.finish()),
+            Arc::new(j.8.finish()),
+        ])?;
+        payments.write(vec![
+            Arc::new(p.0.finish()),
+            Arc::new(p.1.finish()),
+            Arc::new(p.2.finish()),
+            Arc::new(p.3.finish()),
+            Arc::new(p.4.finish()),
+        ])?;
+        spend.write(vec![
+            Arc::new(s.0.finish()),
+            Arc::new(s.1.finish()),
+            Arc::new(s.2.finish()),
+            Arc::new(s.3.finish()),
+        ])?;
+        sessions.write(vec![
+            Arc::new(w.0.finish()),
+            Arc::new(w.1.finish()),
+            Arc::new(w.2.finish()),
+            Arc::new(w.3.finish()),
+            Arc::new(w.4.finish()),
+        ])?;
     }
     let mut total = 0;
-    for (name, sink) in [("enquiries", enquiries), ("quotes", quotes), ("jobs", jobs), ("payments", payments), ("marketing_spend", spend), ("web_sessions", sessions)] {
+    for (name, sink) in [
+        ("enquiries", enquiries),
+        ("quotes", quotes),
+        ("jobs", jobs),
+        ("payments", payments),
+        ("marketing_spend", spend),
+        ("web_sessions", sessions),
+    ] {
         let n = sink.finish()?;
         total += n;
         eprintln!("{name:>16}: {n} rows");

@@ -145,7 +145,11 @@ struct Loaded {
 
 impl Outcome {
     fn diagnostics(files: &Files, diags: &[Diagnostic], color: bool) -> Outcome {
-        Outcome { stdout: String::new(), stderr: diagnostic::render_human(files, diags, color), code: diagnostic::exit_code(diags) }
+        Outcome {
+            stdout: String::new(),
+            stderr: diagnostic::render_human(files, diags, color),
+            code: diagnostic::exit_code(diags),
+        }
     }
 }
 
@@ -167,12 +171,31 @@ pub async fn run(cli: Cli) -> Outcome {
             }
             check(&global, format, color).await
         }
-        Command::Query { metrics, by, dims, from, to, filter, format } => {
+        Command::Query {
+            metrics,
+            by,
+            dims,
+            from,
+            to,
+            filter,
+            format,
+        } => {
             let loaded = match load(&cli.global, color).await {
                 Ok(l) => l,
                 Err(o) => return o,
             };
-            query(loaded, &metrics, by.as_deref(), &dims, from.as_deref(), to.as_deref(), filter.as_deref(), format, color).await
+            query(
+                loaded,
+                &metrics,
+                by.as_deref(),
+                &dims,
+                from.as_deref(),
+                to.as_deref(),
+                filter.as_deref(),
+                format,
+                color,
+            )
+            .await
         }
         Command::Explain { metric, by, dims } => {
             let loaded = match load(&cli.global, color).await {
@@ -257,16 +280,28 @@ async fn check(g: &Global, format: CheckFormat, color: bool) -> Outcome {
             if errors == 0 {
                 stderr.push_str(&format!("ok: {summary}{}\n", plural_warnings(warnings)));
             } else {
-                stderr.push_str(&format!("{errors} error{}{}\n", if errors == 1 { "" } else { "s" }, plural_warnings(warnings)));
+                stderr.push_str(&format!(
+                    "{errors} error{}{}\n",
+                    if errors == 1 { "" } else { "s" },
+                    plural_warnings(warnings)
+                ));
             }
-            Outcome { stdout: String::new(), stderr, code }
+            Outcome {
+                stdout: String::new(),
+                stderr,
+                code,
+            }
         }
         CheckFormat::Json => Outcome {
             stdout: serde_json::to_string_pretty(&diagnostic::render_json(&files, &diags)).unwrap_or_default() + "\n",
             stderr: String::new(),
             code,
         },
-        CheckFormat::Github => Outcome { stdout: diagnostic::render_github(&files, &diags), stderr: String::new(), code },
+        CheckFormat::Github => Outcome {
+            stdout: diagnostic::render_github(&files, &diags),
+            stderr: String::new(),
+            code,
+        },
     }
 }
 
@@ -327,7 +362,11 @@ fn date_arg(text: Option<&str>, end: bool, flag: &str) -> Result<Option<chrono::
         return Ok(Some(d));
     }
     if let Ok(first) = chrono::NaiveDate::parse_from_str(&format!("{t}-01"), "%Y-%m-%d") {
-        let d = if end { first + chrono::Months::new(1) - chrono::Days::new(1) } else { first };
+        let d = if end {
+            first + chrono::Months::new(1) - chrono::Days::new(1)
+        } else {
+            first
+        };
         return Ok(Some(d));
     }
     Err(usage(format!("{flag} `{t}` is not a date")).note("write YYYY-MM-DD, or YYYY-MM for a month"))
@@ -379,7 +418,10 @@ async fn query(
                 QueryFormat::Csv => output::csv(&table),
                 QueryFormat::Json => serde_json::to_string_pretty(&output::json(&table)).unwrap_or_default() + "\n",
             };
-            Outcome { stdout, ..Outcome::default() }
+            Outcome {
+                stdout,
+                ..Outcome::default()
+            }
         }
         Err(d) => Outcome::diagnostics(&l.project.files, &[d], color),
     }
@@ -438,7 +480,10 @@ fn explain(l: Loaded, metric: &str, by: Option<&str>, dims: &[String], color: bo
             l.model.sources[j.target].name, j.target_column, src.name
         ));
     }
-    Outcome { stdout: out, ..Outcome::default() }
+    Outcome {
+        stdout: out,
+        ..Outcome::default()
+    }
 }
 
 fn list(l: &Loaded, format: ListFormat) -> Outcome {
@@ -470,7 +515,10 @@ fn list(l: &Loaded, format: ListFormat) -> Outcome {
             })
             .collect();
         let v = serde_json::json!({"sources": sources, "dimensions": dims, "metrics": metrics});
-        return Outcome { stdout: serde_json::to_string_pretty(&v).unwrap_or_default() + "\n", ..Outcome::default() };
+        return Outcome {
+            stdout: serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
+            ..Outcome::default()
+        };
     }
     let mut out = String::from("sources:\n");
     for s in &m.sources {
@@ -483,7 +531,10 @@ fn list(l: &Loaded, format: ListFormat) -> Outcome {
         }
         out.push('\n');
         for j in &s.joins {
-            out.push_str(&format!("    join {} on {} = {}\n", m.sources[j.target].name, j.column, j.target_column));
+            out.push_str(&format!(
+                "    join {} on {} = {}\n",
+                m.sources[j.target].name, j.column, j.target_column
+            ));
         }
         for f in s.data.schema.fields() {
             out.push_str(&format!("    {:<24} {}\n", f.name(), f.data_type()));
@@ -498,5 +549,8 @@ fn list(l: &Loaded, format: ListFormat) -> Outcome {
         let label = x.label.as_deref().map(|l| format!(" \"{l}\"")).unwrap_or_default();
         out.push_str(&format!("  {}{label} = {}  [{}]\n", x.name, x.text, x.format));
     }
-    Outcome { stdout: out, ..Outcome::default() }
+    Outcome {
+        stdout: out,
+        ..Outcome::default()
+    }
 }

@@ -91,7 +91,11 @@ pub fn session(settings: &Settings) -> Result<SessionContext, Diagnostic> {
 /// Resolves a source path against the data root, refusing paths that leave it.
 pub fn resolve_path(settings: &Settings, written: &str, span: Span) -> Result<PathBuf, Diagnostic> {
     let written_path = Path::new(written);
-    let joined = if written_path.is_absolute() { written_path.to_path_buf() } else { settings.data.join(written_path) };
+    let joined = if written_path.is_absolute() {
+        written_path.to_path_buf()
+    } else {
+        settings.data.join(written_path)
+    };
     let normal = normalize(&joined);
     let allowed = |p: &Path| {
         std::iter::once(&settings.data)
@@ -112,7 +116,11 @@ pub fn resolve_path(settings: &Settings, written: &str, span: Span) -> Result<Pa
 fn allowed_real(settings: &Settings, real: &Path) -> bool {
     std::iter::once(&settings.data)
         .chain(settings.allow_paths.iter())
-        .any(|root| std::fs::canonicalize(root).map(|r| real.starts_with(r)).unwrap_or(false))
+        .any(|root| {
+            std::fs::canonicalize(root)
+                .map(|r| real.starts_with(r))
+                .unwrap_or(false)
+        })
 }
 
 /// `a/./b/../c` → `a/c`, without touching the file system.
@@ -185,13 +193,18 @@ pub async fn open(
                 Some(k) => k,
                 None => {
                     if is_dir && sample.is_none() {
-                        return Err(Diagnostic::data("E0405", format!("the folder `{written}` holds no .csv or .parquet file"))
-                            .at(span, "empty folder")
-                            .file(settings.display(&path)));
+                        return Err(Diagnostic::data(
+                            "E0405",
+                            format!("the folder `{written}` holds no .csv or .parquet file"),
+                        )
+                        .at(span, "empty folder")
+                        .file(settings.display(&path)));
                     }
-                    return Err(Diagnostic::error("E0404", format!("cannot tell the format of `{written}`"))
-                        .at(span, "neither .csv nor .parquet")
-                        .note("name the format: `format: csv` or `format: parquet`"));
+                    return Err(
+                        Diagnostic::error("E0404", format!("cannot tell the format of `{written}`"))
+                            .at(span, "neither .csv nor .parquet")
+                            .note("name the format: `format: csv` or `format: parquet`"),
+                    );
                 }
             }
         }
@@ -200,10 +213,13 @@ pub async fn open(
     if is_dir && !url_text.ends_with('/') {
         url_text.push('/');
     }
-    let url = ListingTableUrl::parse(&url_text).map_err(|e| {
-        Diagnostic::data("E0406", format!("cannot read `{written}`: {e}")).at(span, "here")
-    })?;
-    let partitions = if is_dir { hive_partitions(&path, kind) } else { Vec::new() };
+    let url = ListingTableUrl::parse(&url_text)
+        .map_err(|e| Diagnostic::data("E0406", format!("cannot read `{written}`: {e}")).at(span, "here"))?;
+    let partitions = if is_dir {
+        hive_partitions(&path, kind)
+    } else {
+        Vec::new()
+    };
     let extension = if glob || !is_dir {
         // A single file or glob: take the files as named, whatever their extension.
         String::new()
@@ -220,9 +236,12 @@ pub async fn open(
                 .at(span, "nothing matches")
                 .file(settings.display(&path))
         } else {
-            Diagnostic::data("E0407", format!("cannot read the schema of `{written}`: {}", clean_error(&msg)))
-                .at(span, "unreadable data")
-                .file(settings.display(&path))
+            Diagnostic::data(
+                "E0407",
+                format!("cannot read the schema of `{written}`: {}", clean_error(&msg)),
+            )
+            .at(span, "unreadable data")
+            .file(settings.display(&path))
         }
     })?;
     let mut fields: Vec<Arc<Field>> = file_schema.fields().iter().cloned().collect();
@@ -249,7 +268,10 @@ fn kind_of(p: &Path) -> Option<FileKind> {
 
 /// The first data file under a folder, depth first, in name order.
 fn first_file(dir: &Path) -> Option<PathBuf> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     entries.sort();
     for e in &entries {
         if e.is_file() && kind_of(e).is_some() {
@@ -263,7 +285,9 @@ fn first_file(dir: &Path) -> Option<PathBuf> {
 fn hive_partitions(dir: &Path, kind: FileKind) -> Vec<String> {
     let Some(file) = first_file(dir) else { return Vec::new() };
     let _ = kind;
-    let Ok(rel) = file.strip_prefix(dir) else { return Vec::new() };
+    let Ok(rel) = file.strip_prefix(dir) else {
+        return Vec::new();
+    };
     rel.parent()
         .into_iter()
         .flat_map(|p| p.components())

@@ -16,6 +16,10 @@
 //!
 //! The library never prints and never exits; the binary maps results to output and exit codes.
 
+// A `Diagnostic` is the error of every stage; it is returned on the cold path only, so its
+// size does not matter.
+#![allow(clippy::result_large_err)]
+
 pub mod ast;
 pub mod data;
 pub mod diagnostic;

@@ -1,6 +1,8 @@
 //! The `tally` binary: parses arguments, runs a command, writes its output, exits with its
 //! code (0 ok, 1 findings, 2 usage, 3 invalid definitions, 4 data or execution, 5 internal).
 
+#![allow(clippy::result_large_err)]
+
 mod cli;
 
 use clap::Parser;

@@ -51,7 +51,11 @@ fn group(v: f64, decimals: usize) -> String {
         out.push('.');
         out.push_str(&f);
     }
-    if v < 0.0 && out.chars().any(|c| c.is_ascii_digit() && c != '0') { format!("-{out}") } else { out }
+    if v < 0.0 && out.chars().any(|c| c.is_ascii_digit() && c != '0') {
+        format!("-{out}")
+    } else {
+        out
+    }
 }
 
 /// A plain number for machines: shortest text that reads back as the same f64.
@@ -82,19 +86,35 @@ pub fn table(t: &ResultTable, formats: &[Format]) -> String {
         if let Some(p) = r.period {
             row.push(p.to_string());
         }
-        row.extend(r.dimensions.iter().map(|d| d.clone().unwrap_or_else(|| "(none)".into())));
+        row.extend(
+            r.dimensions
+                .iter()
+                .map(|d| d.clone().unwrap_or_else(|| "(none)".into())),
+        );
         row.extend(r.values.iter().zip(formats).map(|(v, f)| format_value(*v, f)));
         rows.push(row);
     }
     let widths: Vec<usize> = (0..head.len())
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).chain([head[i].chars().count()]).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([head[i].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let left = head.len() - t.metrics.len();
     let line = |cells: &[String]| {
         let parts: Vec<String> = cells
             .iter()
             .enumerate()
-            .map(|(i, c)| if i < left { format!("{c:<w$}", w = widths[i]) } else { format!("{c:>w$}", w = widths[i]) })
+            .map(|(i, c)| {
+                if i < left {
+                    format!("{c:<w$}", w = widths[i])
+                } else {
+                    format!("{c:>w$}", w = widths[i])
+                }
+            })
             .collect();
         parts.join("  ").trim_end().to_string() + "\n"
     };
@@ -109,7 +129,11 @@ pub fn table(t: &ResultTable, formats: &[Format]) -> String {
 /// CSV with a header; empty fields for null.
 pub fn csv(t: &ResultTable) -> String {
     let quote = |s: &str| {
-        if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+        if s.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
     };
     let mut out = header(t).iter().map(|h| quote(h)).collect::<Vec<_>>().join(",") + "\n";
     for r in &t.rows {
@@ -167,7 +191,10 @@ mod tests {
 
     #[test]
     fn formats() {
-        assert_eq!(format_value(Some(1234567.891), &Format::Currency("USD".into())), "$1,234,567.89");
+        assert_eq!(
+            format_value(Some(1234567.891), &Format::Currency("USD".into())),
+            "$1,234,567.89"
+        );
         assert_eq!(format_value(Some(-12.5), &Format::Currency("USD".into())), "-$12.50");
         assert_eq!(format_value(Some(0.2345), &Format::Percent), "23.4%");
         assert_eq!(format_value(Some(1500.0), &Format::Number), "1,500");

@@ -49,12 +49,19 @@ impl AggregateUDFImpl for Percentile {
     }
 
     fn accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(Values { p: f64::from_bits(self.p), values: Vec::new() }))
+        Ok(Box::new(Values {
+            p: f64::from_bits(self.p),
+            values: Vec::new(),
+        }))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
         let item = Arc::new(Field::new_list_field(DataType::Float64, true));
-        Ok(vec![Arc::new(Field::new(format!("{}_values", args.name), DataType::List(item), true))])
+        Ok(vec![Arc::new(Field::new(
+            format!("{}_values", args.name),
+            DataType::List(item),
+            true,
+        ))])
     }
 }
 
@@ -84,7 +91,10 @@ impl Accumulator for Values {
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
         let values: Vec<ScalarValue> = self.values.iter().map(|v| ScalarValue::Float64(Some(*v))).collect();
-        Ok(vec![ScalarValue::List(ScalarValue::new_list_nullable(&values, &DataType::Float64))])
+        Ok(vec![ScalarValue::List(ScalarValue::new_list_nullable(
+            &values,
+            &DataType::Float64,
+        ))])
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {

@@ -96,12 +96,24 @@ pub fn build(model: &Model, files: &Files, calendar: &Calendar, query: Query) ->
         let (plan, joins) = scan_plan(model, files, calendar, &query, source, &ms)?;
         for (s, j) in joins {
             if !key_checks.iter().any(|k| k.source == s && k.join == j) {
-                key_checks.push(KeyCheck { source: s, join: j, plan: key_check_plan(model, s, j)? });
+                key_checks.push(KeyCheck {
+                    source: s,
+                    join: j,
+                    plan: key_check_plan(model, s, j)?,
+                });
             }
         }
-        scans.push(Scan { source, measures: ms, plan });
+        scans.push(Scan {
+            source,
+            measures: ms,
+            plan,
+        });
     }
-    Ok(QueryPlan { query, scans, key_checks })
+    Ok(QueryPlan {
+        query,
+        scans,
+        key_checks,
+    })
 }
 
 fn scan_plan(
@@ -162,7 +174,11 @@ fn scan_plan(
     let filter = match &query.filter {
         Some(f) => {
             let r = crate::model::resolve_filter(model, files, source, f).map_err(|d| {
-                d.note(format!("the filter applies to source `{}`, read by metric {}", src.name, metric_names()))
+                d.note(format!(
+                    "the filter applies to source `{}`, read by metric {}",
+                    src.name,
+                    metric_names()
+                ))
             })?;
             r.sources(&mut needed);
             Some(row_expr(model, &r))
@@ -201,7 +217,11 @@ fn scan_plan(
     if (query.from.is_some() || query.to.is_some() || query.grain.is_some()) && time.is_none() {
         return Err(Diagnostic::usage(
             "E0703",
-            format!("source `{}` (of metric {}) has no time column", src.name, metric_names()),
+            format!(
+                "source `{}` (of metric {}) has no time column",
+                src.name,
+                metric_names()
+            ),
         )
         .at(src.span, "declare `time: COLUMN` to break it down by period")
         .note("query it without --by, --from and --to"));
@@ -234,7 +254,11 @@ fn scan_plan(
     for &m in measures {
         aggs.push(measure_expr(model, m).alias(measure_column(m)));
     }
-    let plan = builder.aggregate(group, aggs).map_err(internal)?.build().map_err(internal)?;
+    let plan = builder
+        .aggregate(group, aggs)
+        .map_err(internal)?
+        .build()
+        .map_err(internal)?;
     Ok((plan, edges))
 }
 
@@ -253,8 +277,7 @@ fn key_check_plan(model: &Model, source: SourceId, j: usize) -> Result<LogicalPl
 fn scan(model: &Model, source: SourceId) -> Result<LogicalPlanBuilder> {
     let src = &model.sources[source];
     let table = src.data.table().map_err(internal)?;
-    LogicalPlanBuilder::scan(TableReference::bare(src.name.as_str()), provider_as_source(table), None)
-        .map_err(internal)
+    LogicalPlanBuilder::scan(TableReference::bare(src.name.as_str()), provider_as_source(table), None).map_err(internal)
 }
 
 fn column_ref(model: &Model, source: SourceId, name: &str) -> Column {
@@ -273,7 +296,11 @@ fn date_lit(d: NaiveDate) -> Expr {
 /// are instants (naive ones taken as UTC) and their day is the local day in that zone.
 fn local_day(model: &Model, source: SourceId, name: &str, calendar: &Calendar) -> Expr {
     let e = column(model, source, name);
-    let data_type = model.sources[source].data.schema.field_with_name(name).map(|f| f.data_type().clone());
+    let data_type = model.sources[source]
+        .data
+        .schema
+        .field_with_name(name)
+        .map(|f| f.data_type().clone());
     match (data_type, calendar.time_zone) {
         (Ok(DataType::Timestamp(unit, stored)), Some(tz)) => {
             let utc = match stored {
@@ -305,16 +332,24 @@ pub fn period_expr(day: Expr, grain: Grain, calendar: &Calendar) -> Expr {
                 Grain::Quarter => 3,
                 _ => 12,
             };
-            let shift = ((calendar.fiscal_year_start as i32 - 1) % months) as i32;
+            let shift = (calendar.fiscal_year_start as i32 - 1) % months;
             let unit = match grain {
                 Grain::Month => "month",
                 Grain::Quarter => "quarter",
                 _ => "year",
             };
-            let shifted = if shift == 0 { day } else { day - lit(ScalarValue::IntervalYearMonth(Some(shift))) };
+            let shifted = if shift == 0 {
+                day
+            } else {
+                day - lit(ScalarValue::IntervalYearMonth(Some(shift)))
+            };
             let ts = cast(shifted, DataType::Timestamp(TimeUnit::Second, None));
             let start = cast(func::date_trunc(lit(unit), ts), DataType::Date32);
-            if shift == 0 { start } else { start + lit(ScalarValue::IntervalYearMonth(Some(shift))) }
+            if shift == 0 {
+                start
+            } else {
+                start + lit(ScalarValue::IntervalYearMonth(Some(shift)))
+            }
         }
     }
 }
@@ -393,7 +428,12 @@ pub fn row_expr(model: &Model, e: &RowExpr) -> Expr {
             }
         }
         RowKind::InList { expr, list, negated } => r(expr).in_list(list.iter().map(r).collect(), *negated),
-        RowKind::Between { expr, low, high, negated } => {
+        RowKind::Between {
+            expr,
+            low,
+            high,
+            negated,
+        } => {
             if *negated {
                 r(expr).not_between(r(low), r(high))
             } else {
@@ -417,7 +457,12 @@ pub fn row_expr(model: &Model, e: &RowExpr) -> Expr {
 fn epoch_seconds(e: Expr, ty: ValueType) -> Expr {
     match ty {
         ValueType::Date => cast(cast(e, DataType::Date32), DataType::Int32) * lit(86400.0),
-        _ => cast(cast(e, DataType::Timestamp(TimeUnit::Millisecond, None)), DataType::Int64) / lit(1000.0),
+        _ => {
+            cast(
+                cast(e, DataType::Timestamp(TimeUnit::Millisecond, None)),
+                DataType::Int64,
+            ) / lit(1000.0)
+        }
     }
 }
 

@@ -24,7 +24,10 @@ pub fn load(root: &Path, overrides: &SettingsFile) -> Result<(Project, Vec<Diagn
     if !root.is_dir() {
         return Err((
             files,
-            vec![Diagnostic::usage("E0001", format!("project folder `{}` not found", root.display()))],
+            vec![Diagnostic::usage(
+                "E0001",
+                format!("project folder `{}` not found", root.display()),
+            )],
         ));
     }
     let settings = match settings::load(&root, overrides, &mut files) {
@@ -56,7 +59,14 @@ pub fn load(root: &Path, overrides: &SettingsFile) -> Result<(Project, Vec<Diagn
         definitions.extend(defs);
         diags.extend(file_diags);
     }
-    Ok((Project { settings, files, definitions }, diags))
+    Ok((
+        Project {
+            settings,
+            files,
+            definitions,
+        },
+        diags,
+    ))
 }
 
 /// Reads and parses one definition file.
@@ -80,16 +90,23 @@ pub fn read_file(files: &mut Files, name: String, path: &Path) -> (Definitions, 
             return (
                 Definitions::default(),
                 vec![
-                    Diagnostic::error("E0004", format!("`{name}` is not a text file (invalid UTF-8 at byte {at})"))
-                        .at(crate::span::Span::new(id, end, end), "the text stops being UTF-8 here")
-                        .note("definition files are UTF-8 text"),
+                    Diagnostic::error(
+                        "E0004",
+                        format!("`{name}` is not a text file (invalid UTF-8 at byte {at})"),
+                    )
+                    .at(crate::span::Span::new(id, end, end), "the text stops being UTF-8 here")
+                    .note("definition files are UTF-8 text"),
                 ],
             );
         }
     };
     let id: FileId = files.add(name, path.to_path_buf(), text);
     let text = files.get(id).text.clone();
-    if is_yaml(path) { yaml::parse_file(id, &text) } else { syntax::parse_file(id, &text) }
+    if is_yaml(path) {
+        yaml::parse_file(id, &text)
+    } else {
+        syntax::parse_file(id, &text)
+    }
 }
 
 fn is_yaml(path: &Path) -> bool {
@@ -100,7 +117,10 @@ fn collect(dir: &Path, skip: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.flatten() {
         let p = e.path();
-        let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        let hidden = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
         if hidden || p == skip {
             continue;
         }

@@ -41,7 +41,12 @@ pub struct ResultRow {
 type Key = (Option<i32>, Vec<Option<String>>);
 
 /// Executes a plan: key checks of joins, then every scan, at once.
-pub async fn execute(ctx: &SessionContext, model: &Model, calendar: &Calendar, plan: &QueryPlan) -> Result<ResultTable, Diagnostic> {
+pub async fn execute(
+    ctx: &SessionContext,
+    model: &Model,
+    calendar: &Calendar,
+    plan: &QueryPlan,
+) -> Result<ResultTable, Diagnostic> {
     let checks = plan.key_checks.iter().map(|k| async move {
         let batches = collect(ctx, k.plan.clone(), model, k.source).await?;
         let join = &model.sources[k.source].joins[k.join];
@@ -59,7 +64,10 @@ pub async fn execute(ctx: &SessionContext, model: &Model, calendar: &Calendar, p
             )
             .at(join.span, "a join must be many-to-one")
             .file(target.data.display.clone())
-            .note(format!("make `{}` unique in {}, or join on a column that is", join.target_column, target.data.display)));
+            .note(format!(
+                "make `{}` unique in {}, or join on a column that is",
+                join.target_column, target.data.display
+            )));
         }
         Ok(())
     });
@@ -122,7 +130,11 @@ pub async fn execute(ctx: &SessionContext, model: &Model, calendar: &Calendar, p
             let from = plan.query.from.or_else(|| seen.iter().min().map(|&d| from_days(d)));
             let to = plan.query.to.or_else(|| seen.iter().max().map(|&d| from_days(d)));
             match (from, to) {
-                (Some(f), Some(t)) => calendar.periods(f, t, g).into_iter().map(|d| Some(crate::time::to_days(d))).collect(),
+                (Some(f), Some(t)) => calendar
+                    .periods(f, t, g)
+                    .into_iter()
+                    .map(|d| Some(crate::time::to_days(d)))
+                    .collect(),
                 _ => Vec::new(),
             }
         }
@@ -142,20 +154,39 @@ pub async fn execute(ctx: &SessionContext, model: &Model, calendar: &Calendar, p
                 .iter()
                 .map(|&m| metric_value(model, m, measured, &mut memo))
                 .collect();
-            rows.push(ResultRow { period: p.map(from_days), dimensions: t.clone(), values: vals });
+            rows.push(ResultRow {
+                period: p.map(from_days),
+                dimensions: t.clone(),
+                values: vals,
+            });
         }
     }
     // Nulls of a breakdown sort last.
     rows.sort_by(|a, b| {
         a.period.cmp(&b.period).then_with(|| {
-            let key = |r: &ResultRow| r.dimensions.iter().map(|d| (d.is_none(), d.clone())).collect::<Vec<_>>();
+            let key = |r: &ResultRow| {
+                r.dimensions
+                    .iter()
+                    .map(|d| (d.is_none(), d.clone()))
+                    .collect::<Vec<_>>()
+            };
             key(a).cmp(&key(b))
         })
     });
     Ok(ResultTable {
         grain: plan.query.grain,
-        dimensions: plan.query.dimensions.iter().map(|&d| model.dimensions[d].name.clone()).collect(),
-        metrics: plan.query.metrics.iter().map(|&m| model.metrics[m].name.clone()).collect(),
+        dimensions: plan
+            .query
+            .dimensions
+            .iter()
+            .map(|&d| model.dimensions[d].name.clone())
+            .collect(),
+        metrics: plan
+            .query
+            .metrics
+            .iter()
+            .map(|&m| model.metrics[m].name.clone())
+            .collect(),
         rows,
     })
 }
@@ -213,7 +244,10 @@ async fn collect(
     model: &Model,
     source: crate::model::SourceId,
 ) -> Result<Vec<RecordBatch>, Diagnostic> {
-    let df = ctx.execute_logical_plan(plan).await.map_err(|e| execution_error(e, model, source))?;
+    let df = ctx
+        .execute_logical_plan(plan)
+        .await
+        .map_err(|e| execution_error(e, model, source))?;
     df.collect().await.map_err(|e| execution_error(e, model, source))
 }
 
@@ -228,13 +262,19 @@ fn execution_error(e: DataFusionError, model: &Model, source: crate::model::Sour
     if msg.contains("Resources exhausted") || matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) {
         return Diagnostic::data(
             "E0803",
-            format!("the query needs more memory than the memory limit allows: {}", clean_error(&msg)),
+            format!(
+                "the query needs more memory than the memory limit allows: {}",
+                clean_error(&msg)
+            ),
         )
         .note("raise `memory_limit` in tally.yaml or --memory-limit, or query fewer breakdowns");
     }
-    Diagnostic::data("E0804", format!("cannot read source `{}`: {}", src.name, clean_error(&msg)))
-        .at(src.span, "reading this source failed")
-        .file(src.data.display.clone())
+    Diagnostic::data(
+        "E0804",
+        format!("cannot read source `{}`: {}", src.name, clean_error(&msg)),
+    )
+    .at(src.span, "reading this source failed")
+    .file(src.data.display.clone())
 }
 
 /// Plans and executes a query in one step.

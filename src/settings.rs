@@ -195,7 +195,10 @@ fn settings_error(file: FileId, text: &str, e: &serde_yaml::Error) -> Diagnostic
     let msg = e.to_string();
     let reason = msg.split(" at line ").next().unwrap_or(&msg).to_string();
     let offset = e.location().map(|l| l.index().min(text.len())).unwrap_or(0);
-    let end = text[offset..].find([':', '\n']).map(|i| offset + i).unwrap_or(text.len());
+    let end = text[offset..]
+        .find([':', '\n'])
+        .map(|i| offset + i)
+        .unwrap_or(text.len());
     let mut d = Diagnostic::error("E0306", format!("invalid project settings: {reason}"))
         .at(Span::new(file, offset, end.max(offset)), "here");
     if let Some(i) = reason.find("unknown field `") {

@@ -96,10 +96,7 @@ impl Files {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (FileId, &SourceFile)> {
-        self.files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (FileId(i as u32), f))
+        self.files.iter().enumerate().map(|(i, f)| (FileId(i as u32), f))
     }
 
     /// `file:line:col` of the start of a span.
@@ -112,8 +109,6 @@ impl Files {
     /// The text a span covers.
     pub fn text(&self, span: Span) -> &str {
         let file = self.get(span.file);
-        file.text
-            .get(span.start as usize..span.end as usize)
-            .unwrap_or("")
+        file.text.get(span.start as usize..span.end as usize).unwrap_or("")
     }
 }

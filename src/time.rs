@@ -42,7 +42,11 @@ pub struct Calendar {
 
 impl Default for Calendar {
     fn default() -> Self {
-        Calendar { week_start: Weekday::Mon, fiscal_year_start: 1, time_zone: None }
+        Calendar {
+            week_start: Weekday::Mon,
+            fiscal_year_start: 1,
+            time_zone: None,
+        }
     }
 }
 
@@ -111,14 +115,20 @@ mod tests {
         let iso = Calendar::default();
         assert_eq!(iso.period_start(d("2026-03-01"), Grain::Week), d("2026-02-23")); // Sunday
         assert_eq!(iso.period_start(d("2026-03-02"), Grain::Week), d("2026-03-02")); // Monday
-        let sunday = Calendar { week_start: Weekday::Sun, ..iso };
+        let sunday = Calendar {
+            week_start: Weekday::Sun,
+            ..iso
+        };
         assert_eq!(sunday.period_start(d("2026-03-01"), Grain::Week), d("2026-03-01"));
         assert_eq!(sunday.period_start(d("2026-03-07"), Grain::Week), d("2026-03-01"));
     }
 
     #[test]
     fn fiscal_quarters_and_years() {
-        let april = Calendar { fiscal_year_start: 4, ..Calendar::default() };
+        let april = Calendar {
+            fiscal_year_start: 4,
+            ..Calendar::default()
+        };
         assert_eq!(april.period_start(d("2026-03-31"), Grain::Year), d("2025-04-01"));
         assert_eq!(april.period_start(d("2026-04-01"), Grain::Year), d("2026-04-01"));
         assert_eq!(april.period_start(d("2026-06-30"), Grain::Quarter), d("2026-04-01"));
@@ -132,6 +142,9 @@ mod tests {
     fn periods_cover_the_range() {
         let cal = Calendar::default();
         let ps = cal.periods(d("2026-01-15"), d("2026-04-01"), Grain::Month);
-        assert_eq!(ps, vec![d("2026-01-01"), d("2026-02-01"), d("2026-03-01"), d("2026-04-01")]);
+        assert_eq!(
+            ps,
+            vec![d("2026-01-01"), d("2026-02-01"), d("2026-03-01"), d("2026-04-01")]
+        );
     }
 }

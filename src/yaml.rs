@@ -4,7 +4,7 @@
 //! serde with unknown keys refused; places come from [`Locator`], which maps key paths to
 //! byte offsets so that expressions inside YAML report `file:line:col` of the YAML file.
 
-use crate::ast::{Definitions, DeferredDef, DimensionDef, Format, JoinDef, Meta, MetricDef, SourceDef};
+use crate::ast::{DeferredDef, Definitions, DimensionDef, Format, JoinDef, Meta, MetricDef, SourceDef};
 use crate::diagnostic::Diagnostic;
 use crate::span::{FileId, Span, Spanned};
 use crate::syntax;
@@ -151,7 +151,10 @@ pub fn parse_file(file: FileId, text: &str) -> (Definitions, Vec<Diagnostic>) {
                     None => (Spanned::new(j.on.trim().to_string(), on_span), None),
                 };
                 JoinDef {
-                    target: Spanned::new(j.source.clone(), ctx.value_span(&[&jp[..], &["source"]].concat(), &j.source)),
+                    target: Spanned::new(
+                        j.source.clone(),
+                        ctx.value_span(&[&jp[..], &["source"]].concat(), &j.source),
+                    ),
                     column,
                     target_column,
                     span: ctx.key_span(&jp),
@@ -167,7 +170,10 @@ pub fn parse_file(file: FileId, text: &str) -> (Definitions, Vec<Diagnostic>) {
         };
         defs.sources.push(SourceDef {
             name: Spanned::new(name.clone(), ctx.key_span(&base)),
-            file: Some(Spanned::new(s.file.clone(), ctx.value_span(&[&base[..], &["file"]].concat(), &s.file))),
+            file: Some(Spanned::new(
+                s.file.clone(),
+                ctx.value_span(&[&base[..], &["file"]].concat(), &s.file),
+            )),
             format: ctx.opt(&base, "format", &s.format),
             time: ctx.opt(&base, "time", &s.time),
             key: ctx.opt(&base, "key", &s.key),
@@ -258,13 +264,24 @@ pub fn parse_file(file: FileId, text: &str) -> (Definitions, Vec<Diagnostic>) {
         for i in 0..n {
             let idx = i.to_string();
             let span = ctx.key_span(&["targets", idx.as_str()]);
-            defs.deferred.push(DeferredDef { kind: "target", name: Spanned::new(format!("targets[{i}]"), span), span });
+            defs.deferred.push(DeferredDef {
+                kind: "target",
+                name: Spanned::new(format!("targets[{i}]"), span),
+                span,
+            });
         }
     }
-    for (kind, group, map) in [("alert", "alerts", &parsed.alerts), ("report", "reports", &parsed.reports)] {
+    for (kind, group, map) in [
+        ("alert", "alerts", &parsed.alerts),
+        ("report", "reports", &parsed.reports),
+    ] {
         for name in map.iter().flat_map(|m| m.keys()) {
             let span = ctx.key_span(&[group, name.as_str()]);
-            defs.deferred.push(DeferredDef { kind, name: Spanned::new(name.clone(), span), span });
+            defs.deferred.push(DeferredDef {
+                kind,
+                name: Spanned::new(name.clone(), span),
+                span,
+            });
         }
     }
     (defs, diags)
@@ -297,7 +314,9 @@ impl Ctx<'_> {
 
     fn opt(&self, base: &[&str], key: &str, value: &Option<String>) -> Option<Spanned<String>> {
         let path = [base, &[key]].concat();
-        value.as_ref().map(|v| Spanned::new(v.clone(), self.value_span(&path, v)))
+        value
+            .as_ref()
+            .map(|v| Spanned::new(v.clone(), self.value_span(&path, v)))
     }
 
     fn tags(&self, base: &[&str], tags: &[String]) -> Vec<Spanned<String>> {
@@ -322,7 +341,9 @@ impl Ctx<'_> {
 fn scalar_text<'t>(text: &'t str, value_start: usize, value: &str) -> (usize, Option<&'t str>) {
     let rest = &text[value_start..];
     if rest.starts_with('|') || rest.starts_with('>') {
-        let Some(nl) = rest.find('\n') else { return (value_start, None) };
+        let Some(nl) = rest.find('\n') else {
+            return (value_start, None);
+        };
         let body_start = value_start + nl + 1;
         let first_line = &text[body_start..];
         let indent = first_line.len() - first_line.trim_start_matches(' ').len();
@@ -364,7 +385,7 @@ fn yaml_error(file: FileId, text: &str, e: &serde_yaml::Error) -> Diagnostic {
     // serde_yaml prefixes the path and suffixes the location; keep the reason.
     let reason = msg.split(" at line ").next().unwrap_or(&msg).to_string();
     let word_end = text[offset..]
-        .find(|c: char| c == ':' || c == '\n')
+        .find([':', '\n'])
         .map(|i| offset + i)
         .unwrap_or(text.len())
         .max(offset + 1)
@@ -381,7 +402,11 @@ fn yaml_error(file: FileId, text: &str, e: &serde_yaml::Error) -> Diagnostic {
         let expected: Vec<String> = reason
             .split("expected ")
             .nth(1)
-            .map(|s| s.split(',').map(|w| w.trim().trim_start_matches("one of ").trim_matches('`').to_string()).collect())
+            .map(|s| {
+                s.split(',')
+                    .map(|w| w.trim().trim_start_matches("one of ").trim_matches('`').to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         d = d.suggest(unknown, expected.iter().map(|s| s.as_str()));
         if !expected.is_empty() {
@@ -443,7 +468,11 @@ impl Locator {
                 *n += 1;
                 entries.insert(
                     join(&parent, &idx),
-                    Entry { key_start: start + indent, key_end: start + indent + 1, value_start: start + indent + 2 },
+                    Entry {
+                        key_start: start + indent,
+                        key_end: start + indent + 1,
+                        value_start: start + indent + 2,
+                    },
                 );
                 stack.push((indent, idx, true));
                 let inner = rest.trim_start_matches(' ');
@@ -460,7 +489,11 @@ impl Locator {
             let value_start = start + indent + colon + 1 + (after.len() - after.trim_start().len());
             entries.insert(
                 join(&parent, key),
-                Entry { key_start: start + indent, key_end: start + indent + key.len(), value_start },
+                Entry {
+                    key_start: start + indent,
+                    key_end: start + indent + key.len(),
+                    value_start,
+                },
             );
             stack.push((indent, key.to_string(), false));
         }
@@ -473,11 +506,19 @@ impl Locator {
 }
 
 fn path_of(stack: &[(usize, String, bool)]) -> String {
-    stack.iter().map(|(_, k, _)| k.as_str()).collect::<Vec<_>>().join("\u{1}")
+    stack
+        .iter()
+        .map(|(_, k, _)| k.as_str())
+        .collect::<Vec<_>>()
+        .join("\u{1}")
 }
 
 fn join(parent: &str, key: &str) -> String {
-    if parent.is_empty() { key.to_string() } else { format!("{parent}\u{1}{key}") }
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}\u{1}{key}")
+    }
 }
 
 /// The offset of the `:` that ends a mapping key on this line, if the line has one.

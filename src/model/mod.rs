@@ -15,8 +15,16 @@ use datafusion::prelude::SessionContext;
 use std::collections::HashMap;
 
 /// Aggregate functions of the expression language.
-pub const AGGREGATES: &[&str] =
-    &["count", "count_distinct", "sum", "avg", "min", "max", "median", "percentile"];
+pub const AGGREGATES: &[&str] = &[
+    "count",
+    "count_distinct",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "median",
+    "percentile",
+];
 /// Row-level functions of the expression language.
 pub const FUNCTIONS: &[&str] = &["days_between", "hours_between", "coalesce", "lower", "upper"];
 
@@ -33,7 +41,16 @@ pub async fn resolve(
     // Read every source's schema at once.
     let opens = defs.sources.iter().map(|s| async {
         let file = s.file.as_ref()?;
-        Some(data::open(ctx, settings, &file.value, s.format.as_ref().map(|f| f.value.as_str()), file.span).await)
+        Some(
+            data::open(
+                ctx,
+                settings,
+                &file.value,
+                s.format.as_ref().map(|f| f.value.as_str()),
+                file.span,
+            )
+            .await,
+        )
     });
     let opened = futures::future::join_all(opens).await;
     for (s, o) in defs.sources.iter().zip(opened) {
@@ -58,9 +75,15 @@ pub async fn resolve(
     r.cycles(&metrics);
     for d in &defs.deferred {
         r.diags.push(
-            Diagnostic::error("W0001", format!("{} `{}` is read but not evaluated by this version of tally", d.kind, d.name.value))
-                .warning()
-                .at(d.name.span, format!("{}s are not evaluated yet", d.kind)),
+            Diagnostic::error(
+                "W0001",
+                format!(
+                    "{} `{}` is read but not evaluated by this version of tally",
+                    d.kind, d.name.value
+                ),
+            )
+            .warning()
+            .at(d.name.span, format!("{}s are not evaluated yet", d.kind)),
         );
     }
     let failed = r.diags.iter().any(|d| d.severity == Severity::Error);
@@ -79,8 +102,18 @@ pub async fn resolve(
         metric_index: HashMap::new(),
     };
     let model = Model {
-        dimension_index: model.dimensions.iter().enumerate().map(|(i, d)| (d.name.clone(), i)).collect(),
-        metric_index: model.metrics.iter().enumerate().map(|(i, m)| (m.name.clone(), i)).collect(),
+        dimension_index: model
+            .dimensions
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.name.clone(), i))
+            .collect(),
+        metric_index: model
+            .metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.clone(), i))
+            .collect(),
         ..model
     };
     (Some(model), diags)
@@ -93,17 +126,29 @@ pub fn resolve_filter(model: &Model, files: &Files, source: SourceId, expr: &Exp
     r.source_index = model.source_index.clone();
     r.schemas = model.sources.iter().map(|s| Some(s.data.schema.clone())).collect();
     r.source_names = model.sources.iter().map(|s| s.name.clone()).collect();
-    r.reach = model.sources.iter().map(|s| s.joins.iter().map(|j| j.target).collect()).collect();
+    r.reach = model
+        .sources
+        .iter()
+        .map(|s| s.joins.iter().map(|j| j.target).collect())
+        .collect();
     r.dims = model.dimensions.iter().map(|d| Some(d.expr.clone())).collect();
     r.dim_index = model.dimension_index.clone();
     match r.row_expr(expr, source) {
         Ok(e) if e.ty == ValueType::Bool || e.ty == ValueType::Null => Ok(e),
-        Ok(e) => Err(Diagnostic::usage("E0601", format!("a filter must be true or false, this is a {}", e.ty.name()))
-            .at(expr.span, "not a condition")),
-        Err(()) => Err(r.diags.into_iter().next().map(|mut d| {
-            d.category = crate::diagnostic::Category::Usage;
-            d
-        }).unwrap_or_else(|| Diagnostic::usage("E0601", "invalid filter"))),
+        Ok(e) => Err(Diagnostic::usage(
+            "E0601",
+            format!("a filter must be true or false, this is a {}", e.ty.name()),
+        )
+        .at(expr.span, "not a condition")),
+        Err(()) => Err(r
+            .diags
+            .into_iter()
+            .next()
+            .map(|mut d| {
+                d.category = crate::diagnostic::Category::Usage;
+                d
+            })
+            .unwrap_or_else(|| Diagnostic::usage("E0601", "invalid filter"))),
     }
 }
 
@@ -234,18 +279,30 @@ impl<'a> Resolver<'a> {
             }
             joins_of.push(joins);
         }
-        self.reach = joins_of.iter().map(|js| js.iter().map(|j| j.target).collect()).collect();
+        self.reach = joins_of
+            .iter()
+            .map(|js| js.iter().map(|j| j.target).collect())
+            .collect();
 
         let mut out = Vec::new();
         for (i, (s, joins)) in defs.sources.iter().zip(joins_of).enumerate() {
             let mut time = None;
             if let Some(t) = &s.time {
                 match self.column_type(i, t) {
-                    Ok(Some(ty)) if ty.is_temporal() => time = Some(TimeColumn { name: t.value.clone(), ty }),
+                    Ok(Some(ty)) if ty.is_temporal() => {
+                        time = Some(TimeColumn {
+                            name: t.value.clone(),
+                            ty,
+                        })
+                    }
                     Ok(Some(ty)) => {
                         let d = Diagnostic::error(
                             "E0506",
-                            format!("the time column `{}` is a {}, not a date or timestamp", t.value, ty.name()),
+                            format!(
+                                "the time column `{}` is a {}, not a date or timestamp",
+                                t.value,
+                                ty.name()
+                            ),
                         )
                         .at(t.span, "not a date or timestamp")
                         .note("in CSV files, write dates as 2026-01-31 and timestamps as 2026-01-31T09:30:00");
@@ -277,16 +334,28 @@ impl<'a> Resolver<'a> {
     /// `Ok(None)`: the column does not exist. `Err`: the schema is unknown (already reported).
     fn column_type(&self, source: SourceId, column: &ast::Name) -> R<Option<ValueType>> {
         let schema = self.schemas.get(source).cloned().flatten().ok_or(())?;
-        Ok(schema.field_with_name(&column.value).ok().map(|f| ValueType::of(f.data_type())))
+        Ok(schema
+            .field_with_name(&column.value)
+            .ok()
+            .map(|f| ValueType::of(f.data_type())))
     }
 
     fn unknown_column(&mut self, source: SourceId, column: &ast::Name) {
-        let Some(schema) = self.schemas.get(source).cloned().flatten() else { return };
+        let Some(schema) = self.schemas.get(source).cloned().flatten() else {
+            return;
+        };
         let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-        let file = self.data.get(source).and_then(|d| d.as_ref()).map(|d| d.display.clone());
+        let file = self
+            .data
+            .get(source)
+            .and_then(|d| d.as_ref())
+            .map(|d| d.display.clone());
         let mut d = Diagnostic::error(
             "E0507",
-            format!("source `{}` has no column `{}`", self.source_names[source], column.value),
+            format!(
+                "source `{}` has no column `{}`",
+                self.source_names[source], column.value
+            ),
         )
         .at(column.span, "unknown column")
         .suggest(&column.value, names.iter().map(|s| s.as_str()));
@@ -369,7 +438,9 @@ impl<'a> Resolver<'a> {
             let candidates: Vec<SourceId> = (0..self.source_names.len())
                 .filter(|&s| {
                     !bare.is_empty()
-                        && bare.iter().all(|(n, _)| self.schemas[s].as_ref().is_some_and(|sc| sc.field_with_name(n).is_ok()))
+                        && bare
+                            .iter()
+                            .all(|(n, _)| self.schemas[s].as_ref().is_some_and(|sc| sc.field_with_name(n).is_ok()))
                 })
                 .collect();
             if candidates.len() == 1 {
@@ -378,7 +449,10 @@ impl<'a> Resolver<'a> {
             let mut d = Diagnostic::error("E0508", format!("this {what} does not say which source it reads"))
                 .at(expr.span, "name the source: `source.column`");
             if let Some((n, _)) = bare.first() {
-                let owners: Vec<String> = candidates.iter().map(|&s| format!("`{}.{n}`", self.source_names[s])).collect();
+                let owners: Vec<String> = candidates
+                    .iter()
+                    .map(|&s| format!("`{}.{n}`", self.source_names[s]))
+                    .collect();
                 if !owners.is_empty() {
                     d = d.note(format!("`{n}` could be {}", owners.join(" or ")));
                 }
@@ -394,7 +468,10 @@ impl<'a> Resolver<'a> {
         let names: Vec<&str> = ids.iter().map(|&i| self.source_names[i].as_str()).collect();
         let d = Diagnostic::error("E0509", format!("sources {} are not joined", names.join(" and ")))
             .at(expr.span, "no source reaches the others through its joins")
-            .note(format!("declare a many-to-one join, e.g. `join {} on ...` in source `{}`", names[1], names[0]));
+            .note(format!(
+                "declare a many-to-one join, e.g. `join {} on ...` in source `{}`",
+                names[1], names[0]
+            ));
         self.error(d);
         Err(())
     }
@@ -411,7 +488,13 @@ impl<'a> Resolver<'a> {
             ExprKind::Name(n) => {
                 let schema = self.schemas.get(base).cloned().flatten().ok_or(())?;
                 if let Ok(f) = schema.field_with_name(n) {
-                    (RowKind::Column { source: base, name: n.clone() }, ValueType::of(f.data_type()))
+                    (
+                        RowKind::Column {
+                            source: base,
+                            name: n.clone(),
+                        },
+                        ValueType::of(f.data_type()),
+                    )
                 } else if let Some(&d) = self.dim_index.get(n) {
                     let dim = self.dims.get(d).cloned().flatten().ok_or(())?;
                     let mut used = Vec::new();
@@ -460,12 +543,21 @@ impl<'a> Resolver<'a> {
                         format!("source `{}` is not joined to `{}`", s.value, self.source_names[base]),
                     )
                     .at(s.span, "not reachable through joins")
-                    .note(format!("declare `join {} on COLUMN` in source `{}`", s.value, self.source_names[base]));
+                    .note(format!(
+                        "declare `join {} on COLUMN` in source `{}`",
+                        s.value, self.source_names[base]
+                    ));
                     self.error(d);
                     return Err(());
                 }
                 match self.column_type(sid, c)? {
-                    Some(ty) => (RowKind::Column { source: sid, name: c.value.clone() }, ty),
+                    Some(ty) => (
+                        RowKind::Column {
+                            source: sid,
+                            name: c.value.clone(),
+                        },
+                        ty,
+                    ),
                     None => {
                         self.unknown_column(sid, c);
                         return Err(());
@@ -491,7 +583,13 @@ impl<'a> Resolver<'a> {
             }
             ExprKind::IsNull { expr, negated } => {
                 let x = self.row_expr(expr, base)?;
-                (RowKind::IsNull { expr: Box::new(x), negated: *negated }, ValueType::Bool)
+                (
+                    RowKind::IsNull {
+                        expr: Box::new(x),
+                        negated: *negated,
+                    },
+                    ValueType::Bool,
+                )
             }
             ExprKind::InList { expr, list, negated } => {
                 let x = self.row_expr(expr, base)?;
@@ -501,30 +599,53 @@ impl<'a> Resolver<'a> {
                     self.compare_types(&x, &it, expr, item, item.span)?;
                     items.push(it);
                 }
-                (RowKind::InList { expr: Box::new(x), list: items, negated: *negated }, ValueType::Bool)
+                (
+                    RowKind::InList {
+                        expr: Box::new(x),
+                        list: items,
+                        negated: *negated,
+                    },
+                    ValueType::Bool,
+                )
             }
-            ExprKind::Between { expr, low, high, negated } => {
+            ExprKind::Between {
+                expr,
+                low,
+                high,
+                negated,
+            } => {
                 let x = self.row_expr(expr, base)?;
                 let lo = self.row_expr(low, base)?;
                 let hi = self.row_expr(high, base)?;
                 self.compare_types(&x, &lo, expr, low, span)?;
                 self.compare_types(&x, &hi, expr, high, span)?;
                 (
-                    RowKind::Between { expr: Box::new(x), low: Box::new(lo), high: Box::new(hi), negated: *negated },
+                    RowKind::Between {
+                        expr: Box::new(x),
+                        low: Box::new(lo),
+                        high: Box::new(hi),
+                        negated: *negated,
+                    },
                     ValueType::Bool,
                 )
             }
             ExprKind::Call { name, args, filter } => {
                 if AGGREGATES.contains(&name.value.as_str()) {
-                    let d = Diagnostic::error("E0512", format!("`{}` is an aggregate and cannot be used here", name.value))
-                        .at(name.span, "aggregates belong at the top of a metric")
-                        .note("filters and dimensions work on single rows");
+                    let d = Diagnostic::error(
+                        "E0512",
+                        format!("`{}` is an aggregate and cannot be used here", name.value),
+                    )
+                    .at(name.span, "aggregates belong at the top of a metric")
+                    .note("filters and dimensions work on single rows");
                     self.error(d);
                     return Err(());
                 }
                 if let Some(f) = filter {
-                    let d = Diagnostic::error("E0513", format!("`where` belongs inside an aggregate, not `{}`", name.value))
-                        .at(f.span, "only aggregates take a filter");
+                    let d = Diagnostic::error(
+                        "E0513",
+                        format!("`where` belongs inside an aggregate, not `{}`", name.value),
+                    )
+                    .at(f.span, "only aggregates take a filter");
                     self.error(d);
                     return Err(());
                 }
@@ -544,7 +665,12 @@ impl<'a> Resolver<'a> {
             if xs.len() != n {
                 let d = Diagnostic::error(
                     "E0514",
-                    format!("`{}` takes {n} argument{}, not {}", name.value, if n == 1 { "" } else { "s" }, xs.len()),
+                    format!(
+                        "`{}` takes {n} argument{}, not {}",
+                        name.value,
+                        if n == 1 { "" } else { "s" },
+                        xs.len()
+                    ),
                 )
                 .at(span, "wrong number of arguments");
                 this.error(d);
@@ -566,14 +692,22 @@ impl<'a> Resolver<'a> {
                         return Err(());
                     }
                 }
-                let f = if name.value == "days_between" { Func::DaysBetween } else { Func::HoursBetween };
+                let f = if name.value == "days_between" {
+                    Func::DaysBetween
+                } else {
+                    Func::HoursBetween
+                };
                 Ok((f, ValueType::Number))
             }
             "coalesce" => {
                 if xs.len() < 2 {
                     arity(2, self)?;
                 }
-                let ty = xs.iter().map(|x| x.ty).find(|t| *t != ValueType::Null).unwrap_or(ValueType::Null);
+                let ty = xs
+                    .iter()
+                    .map(|x| x.ty)
+                    .find(|t| *t != ValueType::Null)
+                    .unwrap_or(ValueType::Null);
                 for (x, a) in xs.iter().zip(args) {
                     if !x.ty.comparable(ty) {
                         let d = Diagnostic::error(
@@ -590,7 +724,14 @@ impl<'a> Resolver<'a> {
             "lower" | "upper" => {
                 arity(1, self)?;
                 self.expect(&xs[0], ValueType::String, args[0].span, "a string is needed")?;
-                Ok((if name.value == "lower" { Func::Lower } else { Func::Upper }, ValueType::String))
+                Ok((
+                    if name.value == "lower" {
+                        Func::Lower
+                    } else {
+                        Func::Upper
+                    },
+                    ValueType::String,
+                ))
             }
             other => {
                 let d = Diagnostic::error("E0517", format!("unknown function `{other}`"))
@@ -617,10 +758,13 @@ impl<'a> Resolver<'a> {
         if l.ty.comparable(r.ty) {
             return Ok(());
         }
-        let d = Diagnostic::error("E0519", format!("cannot compare a {} with a {}", l.ty.name(), r.ty.name()))
-            .at(span, "types do not match")
-            .also(a.span, format!("a {}", l.ty.name()))
-            .also(b.span, format!("a {}", r.ty.name()));
+        let d = Diagnostic::error(
+            "E0519",
+            format!("cannot compare a {} with a {}", l.ty.name(), r.ty.name()),
+        )
+        .at(span, "types do not match")
+        .also(a.span, format!("a {}", l.ty.name()))
+        .also(b.span, format!("a {}", r.ty.name()));
         let d = if l.ty.is_temporal() && r.ty == ValueType::Number || r.ty.is_temporal() && l.ty == ValueType::Number {
             d.note("write dates as 2026-01-31, without quotes")
         } else if l.ty.is_temporal() && r.ty == ValueType::String || r.ty.is_temporal() && l.ty == ValueType::String {
@@ -675,7 +819,12 @@ impl<'a> Resolver<'a> {
                 out.push(None);
                 continue;
             };
-            let format = m.meta.format.as_ref().map(|f| f.value.clone()).unwrap_or(Format::Number);
+            let format = m
+                .meta
+                .format
+                .as_ref()
+                .map(|f| f.value.clone())
+                .unwrap_or(Format::Number);
             out.push(Some(Metric {
                 name: m.name.value.clone(),
                 span: m.name.span,
@@ -700,7 +849,8 @@ impl<'a> Resolver<'a> {
             ExprKind::Name(n) => match self.metric_index.get(n) {
                 Some(&id) => Ok(Formula::Metric(id)),
                 None => {
-                    let mut d = Diagnostic::error("E0521", format!("unknown metric `{n}`")).at(e.span, "no metric of this name");
+                    let mut d = Diagnostic::error("E0521", format!("unknown metric `{n}`"))
+                        .at(e.span, "no metric of this name");
                     if self.source_index.contains_key(n) {
                         d = d.note(format!("`{n}` is a source; to count its rows write `count({n})`"));
                     } else {
@@ -728,9 +878,15 @@ impl<'a> Resolver<'a> {
                 Ok(Formula::Measure(id))
             }
             ExprKind::Call { name, .. } if FUNCTIONS.contains(&name.value.as_str()) => {
-                let d = Diagnostic::error("E0522", format!("`{}` works on single rows; a metric needs an aggregate", name.value))
-                    .at(e.span, "not an aggregate")
-                    .note(format!("wrap it in an aggregate, e.g. `avg({})`", self.files.text(e.span)));
+                let d = Diagnostic::error(
+                    "E0522",
+                    format!("`{}` works on single rows; a metric needs an aggregate", name.value),
+                )
+                .at(e.span, "not an aggregate")
+                .note(format!(
+                    "wrap it in an aggregate, e.g. `avg({})`",
+                    self.files.text(e.span)
+                ));
                 self.error(d);
                 Err(())
             }
@@ -762,7 +918,8 @@ impl<'a> Resolver<'a> {
     fn measure(&mut self, name: &ast::Name, args: &[Expr], filter: Option<&Expr>, span: Span) -> R<Measure> {
         let agg_name = name.value.as_str();
         // count(source) counts rows of a source.
-        if agg_name == "count" && args.len() == 1
+        if agg_name == "count"
+            && args.len() == 1
             && let ExprKind::Name(n) = &args[0].kind
             && let Some(&sid) = self.source_index.get(n)
         {
@@ -770,10 +927,16 @@ impl<'a> Resolver<'a> {
                 Some(f) => Some(self.condition(f, sid)?),
                 None => None,
             };
-            return Ok(Measure { source: sid, agg: Agg::Count, arg: None, filter });
+            return Ok(Measure {
+                source: sid,
+                agg: Agg::Count,
+                arg: None,
+                filter,
+            });
         }
         // count(name) where `name` is neither a source nor a column anywhere: a misspelt source.
-        if agg_name == "count" && args.len() == 1
+        if agg_name == "count"
+            && args.len() == 1
             && let ExprKind::Name(n) = &args[0].kind
             && !self.schemas.iter().flatten().any(|s| s.field_with_name(n).is_ok())
         {
@@ -786,8 +949,11 @@ impl<'a> Resolver<'a> {
         let (arg, extra) = match (agg_name, args) {
             ("percentile", [a, p]) => (a, Some(p)),
             ("percentile", _) => {
-                let d = Diagnostic::error("E0514", "`percentile` takes a value and a fraction: `percentile(jobs.amount, 90%)`")
-                    .at(span, "wrong number of arguments");
+                let d = Diagnostic::error(
+                    "E0514",
+                    "`percentile` takes a value and a fraction: `percentile(jobs.amount, 90%)`",
+                )
+                .at(span, "wrong number of arguments");
                 self.error(d);
                 return Err(());
             }
@@ -833,9 +999,16 @@ impl<'a> Resolver<'a> {
                 Agg::Percentile(value)
             }
         };
-        if !matches!(agg, Agg::Count | Agg::CountDistinct) && !(x.ty == ValueType::Number || x.ty == ValueType::Null) {
-            let mut d = Diagnostic::error("E0528", format!("`{agg_name}` needs numbers, `{}` is a {}", self.files.text(arg.span), x.ty.name()))
-                .at(arg.span, format!("a {}", x.ty.name()));
+        if !(matches!(agg, Agg::Count | Agg::CountDistinct) || x.ty == ValueType::Number || x.ty == ValueType::Null) {
+            let mut d = Diagnostic::error(
+                "E0528",
+                format!(
+                    "`{agg_name}` needs numbers, `{}` is a {}",
+                    self.files.text(arg.span),
+                    x.ty.name()
+                ),
+            )
+            .at(arg.span, format!("a {}", x.ty.name()));
             if x.ty.is_temporal() {
                 d = d.note("for durations use days_between(a, b) or hours_between(a, b)");
             } else if x.ty == ValueType::String {
@@ -848,7 +1021,12 @@ impl<'a> Resolver<'a> {
             Some(f) => Some(self.condition(f, base)?),
             None => None,
         };
-        Ok(Measure { source: base, agg, arg: Some(x), filter })
+        Ok(Measure {
+            source: base,
+            agg,
+            arg: Some(x),
+            filter,
+        })
     }
 
     fn condition(&mut self, f: &Expr, base: SourceId) -> R<RowExpr> {
@@ -920,8 +1098,15 @@ impl<'a> Resolver<'a> {
         for (i, &m) in cycle.iter().enumerate() {
             let target = next_of(i);
             if let Some((_, span)) = deps[m].iter().find(|(t, _)| *t == target) {
-                let label = format!("`{}` uses `{}`", defs.metrics[m].name.value, defs.metrics[target].name.value);
-                d = if i == 0 { d.at(*span, label) } else { d.also(*span, label) };
+                let label = format!(
+                    "`{}` uses `{}`",
+                    defs.metrics[m].name.value, defs.metrics[target].name.value
+                );
+                d = if i == 0 {
+                    d.at(*span, label)
+                } else {
+                    d.also(*span, label)
+                };
             }
         }
         if d.primary.is_none() {

@@ -161,7 +161,11 @@ pub struct Source {
 
 impl Source {
     pub fn column_type(&self, name: &str) -> Option<ValueType> {
-        self.data.schema.field_with_name(name).ok().map(|f| ValueType::of(f.data_type()))
+        self.data
+            .schema
+            .field_with_name(name)
+            .ok()
+            .map(|f| ValueType::of(f.data_type()))
     }
 }
 
@@ -259,7 +263,10 @@ pub struct RowExpr {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RowKind {
-    Column { source: SourceId, name: String },
+    Column {
+        source: SourceId,
+        name: String,
+    },
     Number(f64),
     String(String),
     Bool(bool),
@@ -268,9 +275,21 @@ pub enum RowKind {
     Binary(BinOp, Box<RowExpr>, Box<RowExpr>),
     Not(Box<RowExpr>),
     Neg(Box<RowExpr>),
-    IsNull { expr: Box<RowExpr>, negated: bool },
-    InList { expr: Box<RowExpr>, list: Vec<RowExpr>, negated: bool },
-    Between { expr: Box<RowExpr>, low: Box<RowExpr>, high: Box<RowExpr>, negated: bool },
+    IsNull {
+        expr: Box<RowExpr>,
+        negated: bool,
+    },
+    InList {
+        expr: Box<RowExpr>,
+        list: Vec<RowExpr>,
+        negated: bool,
+    },
+    Between {
+        expr: Box<RowExpr>,
+        low: Box<RowExpr>,
+        high: Box<RowExpr>,
+        negated: bool,
+    },
     Func(Func, Vec<RowExpr>),
 }
 
@@ -288,11 +307,7 @@ impl RowExpr {
     /// Every source this expression reads a column of.
     pub fn sources(&self, out: &mut Vec<SourceId>) {
         match &self.kind {
-            RowKind::Column { source, .. } => {
-                if !out.contains(source) {
-                    out.push(*source)
-                }
-            }
+            RowKind::Column { source, .. } if !out.contains(source) => out.push(*source),
             RowKind::Binary(_, a, b) => {
                 a.sources(out);
                 b.sources(out);

@@ -5,8 +5,8 @@
 //! each definition is parsed alone, so one run reports every broken definition of a file.
 
 use crate::ast::{
-    BinOp, Definitions, DeferredDef, DimensionDef, Direction, Expr, ExprKind, Format, JoinDef, Meta,
-    MetricDef, Name, SourceDef,
+    BinOp, DeferredDef, Definitions, DimensionDef, Direction, Expr, ExprKind, Format, JoinDef, Meta, MetricDef, Name,
+    SourceDef,
 };
 use crate::diagnostic::Diagnostic;
 use crate::span::{FileId, Span, Spanned};
@@ -71,10 +71,8 @@ pub fn parse_file(file: FileId, text: &str) -> (Definitions, Vec<Diagnostic>) {
             Err(e) => diags.push(ctx.syntax_error(e, chunk, text)),
         }
     }
-    let empty = defs.sources.is_empty()
-        && defs.dimensions.is_empty()
-        && defs.metrics.is_empty()
-        && defs.deferred.is_empty();
+    let empty =
+        defs.sources.is_empty() && defs.dimensions.is_empty() && defs.metrics.is_empty() && defs.deferred.is_empty();
     if empty && diags.is_empty() {
         diags.push(
             Diagnostic::error("E0103", "this definition file defines nothing")
@@ -110,12 +108,12 @@ fn split_items(text: &str) -> Vec<(usize, usize)> {
         let rest = &trimmed[word.len()..];
         let looks_like_definition = !word.is_empty()
             && rest.starts_with([' ', '\t'])
-            && rest.trim_start().starts_with(|c: char| c.is_ascii_alphabetic() || c == '_');
+            && rest
+                .trim_start()
+                .starts_with(|c: char| c.is_ascii_alphabetic() || c == '_');
         // A keyword, or an unknown word at the start of a line where a definition would
         // start (a misspelt keyword), begins a new definition.
-        if looks_like_definition
-            && (KEYWORDS.contains(&word) || (indent == 0 && !EXPRESSION_WORDS.contains(&word)))
-        {
+        if looks_like_definition && (KEYWORDS.contains(&word) || (indent == 0 && !EXPRESSION_WORDS.contains(&word))) {
             starts.push(offset + indent);
         }
         offset += line.len();
@@ -153,8 +151,14 @@ fn unknown_keyword(file: FileId, text: &str, at: usize) -> Diagnostic {
     let word = word_at(text, at);
     if word.is_empty() {
         let ch = text[at..].chars().next().unwrap_or(' ');
-        return Diagnostic::error("E0101", format!("unexpected `{}` where a definition should start", ch.escape_default()))
-            .at(Span::new(file, at, at + ch.len_utf8()), "expected `source`, `dimension` or `metric`");
+        return Diagnostic::error(
+            "E0101",
+            format!("unexpected `{}` where a definition should start", ch.escape_default()),
+        )
+        .at(
+            Span::new(file, at, at + ch.len_utf8()),
+            "expected `source`, `dimension` or `metric`",
+        );
     }
     Diagnostic::error("E0102", format!("unknown keyword `{word}`"))
         .at(
@@ -217,7 +221,11 @@ impl Ctx {
             }
             ErrorVariant::CustomError { .. } => Vec::new(),
         };
-        let found = if at_end { "the end of the definition".to_string() } else { found_token(whole, abs) };
+        let found = if at_end {
+            "the end of the definition".to_string()
+        } else {
+            found_token(whole, abs)
+        };
         let message = if expected.is_empty() {
             format!("unexpected {found}")
         } else {
@@ -294,7 +302,12 @@ impl Ctx {
                     j.next(); // kw_on
                     let column = self.name(j.next().expect("join column"));
                     let target_column = j.next().map(|c| self.name(c));
-                    src.joins.push(JoinDef { target, column, target_column, span });
+                    src.joins.push(JoinDef {
+                        target,
+                        column,
+                        target_column,
+                        span,
+                    });
                 }
                 Rule::property => {
                     let (key, value) = self.property(p);
@@ -415,8 +428,14 @@ impl Ctx {
                 let lhs = lhs?;
                 let span = lhs.span.to(self.span(op.as_span()));
                 let kind = match op.as_rule() {
-                    Rule::is_null => ExprKind::IsNull { expr: Box::new(lhs), negated: false },
-                    Rule::is_not_null => ExprKind::IsNull { expr: Box::new(lhs), negated: true },
+                    Rule::is_null => ExprKind::IsNull {
+                        expr: Box::new(lhs),
+                        negated: false,
+                    },
+                    Rule::is_not_null => ExprKind::IsNull {
+                        expr: Box::new(lhs),
+                        negated: true,
+                    },
                     Rule::in_list => {
                         let mut negated = false;
                         let mut list = Vec::new();
@@ -427,7 +446,11 @@ impl Ctx {
                                 _ => {}
                             }
                         }
-                        ExprKind::InList { expr: Box::new(lhs), list, negated }
+                        ExprKind::InList {
+                            expr: Box::new(lhs),
+                            list,
+                            negated,
+                        }
                     }
                     _ => {
                         let mut negated = false;
@@ -441,7 +464,12 @@ impl Ctx {
                         }
                         let high = bounds.pop().expect("high");
                         let low = bounds.pop().expect("low");
-                        ExprKind::Between { expr: Box::new(lhs), low: Box::new(low), high: Box::new(high), negated }
+                        ExprKind::Between {
+                            expr: Box::new(lhs),
+                            low: Box::new(low),
+                            high: Box::new(high),
+                            negated,
+                        }
                     }
                 };
                 Ok(Expr { kind, span })
@@ -463,7 +491,10 @@ impl Ctx {
                     _ => BinOp::Div,
                 };
                 let span = lhs.span.to(rhs.span);
-                Ok(Expr { kind: ExprKind::Binary(bin, Box::new(lhs), Box::new(rhs)), span })
+                Ok(Expr {
+                    kind: ExprKind::Binary(bin, Box::new(lhs), Box::new(rhs)),
+                    span,
+                })
             })
             .parse(pair.into_inner())
     }
@@ -475,7 +506,10 @@ impl Ctx {
         if inner.is_empty() {
             Ok(primary)
         } else {
-            Ok(Expr { kind: ExprKind::Neg(Box::new(primary)), span })
+            Ok(Expr {
+                kind: ExprKind::Neg(Box::new(primary)),
+                span,
+            })
         }
     }
 
@@ -603,7 +637,10 @@ fn unescape(p: Pair<Rule>) -> String {
 /// The offset of a `"` before `pos` on the same line that has no closing quote, if any.
 fn unterminated_string(chunk: &str, pos: usize) -> Option<usize> {
     let line_start = chunk[..pos.min(chunk.len())].rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let line_end = chunk[line_start..].find('\n').map(|i| line_start + i).unwrap_or(chunk.len());
+    let line_end = chunk[line_start..]
+        .find('\n')
+        .map(|i| line_start + i)
+        .unwrap_or(chunk.len());
     let line = &chunk[line_start..line_end];
     let mut open = None;
     let mut escaped = false;
@@ -663,8 +700,18 @@ fn rule_words(rule: Rule) -> Option<&'static str> {
         Rule::block => "`{`",
         Rule::label => "a label in quotes",
         Rule::where_clause => "`where`",
-        Rule::op_or | Rule::op_and | Rule::op_eq | Rule::op_ne | Rule::op_lt | Rule::op_le | Rule::op_gt
-        | Rule::op_ge | Rule::op_add | Rule::op_sub | Rule::op_mul | Rule::op_div => "an operator",
+        Rule::op_or
+        | Rule::op_and
+        | Rule::op_eq
+        | Rule::op_ne
+        | Rule::op_lt
+        | Rule::op_le
+        | Rule::op_gt
+        | Rule::op_ge
+        | Rule::op_add
+        | Rule::op_sub
+        | Rule::op_mul
+        | Rule::op_div => "an operator",
         Rule::is_null | Rule::is_not_null | Rule::in_list | Rule::between => "an operator",
         Rule::op_not | Rule::op_neg => "an expression",
         Rule::source_def | Rule::dimension_def | Rule::metric_def | Rule::deferred_def => "a definition",

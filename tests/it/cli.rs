@@ -23,7 +23,16 @@ fn query_as_table_csv_and_json() {
     assert_eq!((code, stderr.as_str()), (0, ""));
     insta::assert_snapshot!("query_table", stdout);
 
-    let (code, stdout, _) = tally(&["query", "orders,revenue", "--by", "month", "--dim", "segment", "--format", "csv"]);
+    let (code, stdout, _) = tally(&[
+        "query",
+        "orders,revenue",
+        "--by",
+        "month",
+        "--dim",
+        "segment",
+        "--format",
+        "csv",
+    ]);
     assert_eq!(code, 0);
     insta::assert_snapshot!("query_csv", stdout);
 
@@ -35,17 +44,32 @@ fn query_as_table_csv_and_json() {
 #[test]
 fn query_with_range_and_filter() {
     let (code, stdout, _) = tally(&[
-        "query", "orders", "--by", "month", "--from", "2026-02", "--to", "2026-03", "--where", "channel != \"web\"",
+        "query",
+        "orders",
+        "--by",
+        "month",
+        "--from",
+        "2026-02",
+        "--to",
+        "2026-03",
+        "--where",
+        "channel != \"web\"",
     ]);
     assert_eq!(code, 0);
-    assert_eq!(stdout, "month       orders\n----------  ------\n2026-02-01       1\n2026-03-01       0\n");
+    assert_eq!(
+        stdout,
+        "month       orders\n----------  ------\n2026-02-01       1\n2026-03-01       0\n"
+    );
 }
 
 #[test]
 fn usage_errors_exit_2_with_did_you_mean() {
     let (code, _, stderr) = tally(&["query", "revnue"]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("unknown metric `revnue`") && stderr.contains("did you mean `revenue`?"), "{stderr}");
+    assert!(
+        stderr.contains("unknown metric `revnue`") && stderr.contains("did you mean `revenue`?"),
+        "{stderr}"
+    );
     let (code, _, stderr) = tally(&["query", "orders", "--by", "fortnight"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("unknown grain `fortnight`"), "{stderr}");
@@ -70,9 +94,18 @@ fn check_list_explain_schema() {
 
     let (code, stdout, _) = tally(&["list"]);
     assert_eq!(code, 0);
-    assert!(stdout.contains("orders  orders.csv  time: ordered_at  key: order_id"), "{stdout}");
-    assert!(stdout.contains("join customers on customer_id = customer_id"), "{stdout}");
-    assert!(stdout.contains("paid_share = paid_orders / orders  [percent]"), "{stdout}");
+    assert!(
+        stdout.contains("orders  orders.csv  time: ordered_at  key: order_id"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("join customers on customer_id = customer_id"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("paid_share = paid_orders / orders  [percent]"),
+        "{stdout}"
+    );
 
     let (code, stdout, _) = tally(&["explain", "paid_share"]);
     assert_eq!(code, 0);
@@ -104,8 +137,17 @@ fn data_errors_at_query_time_exit_4() {
         ],
     );
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_tally")).args(args).arg("--color=never").arg("--project").arg(dir.path()).output().unwrap();
-        (out.status.code().unwrap(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(args)
+            .arg("--color=never")
+            .arg("--project")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     // Without the join, the duplicate does not matter.
     assert_eq!(run(&["query", "n"]).0, 0);
@@ -125,7 +167,10 @@ fn memory_limit_is_applied_and_named_when_exceeded() {
         dir.path(),
         &[
             ("t.csv", csv.as_bytes()),
-            ("m.tally", b"source t { file: \"t.csv\" time: at }\nmetric distinct_keys = count_distinct(t.k)\n"),
+            (
+                "m.tally",
+                b"source t { file: \"t.csv\" time: at }\nmetric distinct_keys = count_distinct(t.k)\n",
+            ),
             ("tally.yaml", b"memory_limit: 200KB\nthreads: 1\n"),
         ],
     );
@@ -139,7 +184,14 @@ fn memory_limit_is_applied_and_named_when_exceeded() {
     assert!(stderr.contains("more memory than the memory limit"), "{stderr}");
     // With room, the same query works.
     let out = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["query", "distinct_keys", "--memory-limit", "1GB", "--color=never", "--project"])
+        .args([
+            "query",
+            "distinct_keys",
+            "--memory-limit",
+            "1GB",
+            "--color=never",
+            "--project",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();

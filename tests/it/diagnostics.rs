@@ -5,7 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
-const ORDERS: &str = "order_id,ordered_at,customer,status,amount\n1,2026-01-05,alice,paid,10.5\n2,2026-01-06,bob,paid,20\n";
+const ORDERS: &str =
+    "order_id,ordered_at,customer,status,amount\n1,2026-01-05,alice,paid,10.5\n2,2026-01-06,bob,paid,20\n";
 const SOURCE: &str = "source orders {\n  file: \"orders.csv\"\n  time: ordered_at\n  key: order_id\n}\n";
 
 /// Writes a project (`files` relative to its root) and runs `tally <args>` in it.
@@ -55,42 +56,120 @@ macro_rules! case {
 }
 
 case!(empty_file, &[("empty.tally", b"")]);
-case!(binary_garbage, &[("garbage.tally", &[0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0xff, 0xfe])]);
-case!(unterminated_string, &[("m.tally", dsl("metric paid = count(orders where status = \"paid)\n").as_bytes())]);
-case!(unknown_keyword, &[("m.tally", dsl("metrc paid = count(orders)\nmetric n = count(orders)\n").as_bytes())]);
-case!(syntax_error_names_what_was_expected, &[("m.tally", dsl("metric paid = count(orders where status = )\n").as_bytes())]);
-case!(every_broken_definition_of_a_file_is_reported, &[(
-    "m.tally",
-    dsl("metric a = count(orders where)\nmetric b = sum(orders.amount\nmetric c = count(orders)\n").as_bytes()
-)]);
-case!(yaml_indented_with_tabs, &[("m.yaml", b"metrics:\n\tpaid:\n\t\texpr: count(orders)\n")]);
-case!(yaml_unknown_key, &[("m.yaml", b"metrics:\n  paid:\n    expr: count(orders)\n    lable: Paid orders\n")]);
-case!(yaml_expression_error_points_into_the_yaml, &[("s.tally", SOURCE.as_bytes()), (
-    "m.yaml",
-    b"metrics:\n  paid:\n    label: Paid\n    expr: count(orders where stauts = \"paid\")\n"
-)]);
-case!(metric_refers_to_itself, &[("m.tally", dsl("metric a = a + 1\n").as_bytes())]);
-case!(cycle_of_three_metrics, &[("m.tally", dsl("metric a = b\nmetric b = c * 2\nmetric c = a / count(orders)\n").as_bytes())]);
-case!(sum_of_a_string_column, &[("m.tally", dsl("metric s = sum(orders.status)\n").as_bytes())]);
-case!(date_compared_with_a_number, &[("m.tally", dsl("metric d = count(orders where ordered_at > 2026)\n").as_bytes())]);
-case!(data_file_does_not_exist, &[("m.tally", b"source gone { file: \"gone.csv\" }\n")]);
-case!(csv_with_a_ragged_row, &[
-    ("ragged.csv", b"a,b,c\n1,2,3\n4,5\n"),
-    ("m.tally", b"source ragged { file: \"ragged.csv\" }\n")
-]);
-case!(truncated_parquet_file, &[
-    ("cut.parquet", b"PAR1\x15\x00\x15\x1c\x15\x1c,\x15\x04\x15\x00\x15\x06"),
-    ("m.tally", b"source cut { file: \"cut.parquet\" }\n")
-]);
-case!(column_renamed_in_the_data, &[(
-    "m.tally",
-    dsl("metric revenue = sum(orders.amount_usd where status = \"paid\")\n").as_bytes()
-)]);
+case!(
+    binary_garbage,
+    &[(
+        "garbage.tally",
+        &[0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0xff, 0xfe]
+    )]
+);
+case!(
+    unterminated_string,
+    &[(
+        "m.tally",
+        dsl("metric paid = count(orders where status = \"paid)\n").as_bytes()
+    )]
+);
+case!(
+    unknown_keyword,
+    &[(
+        "m.tally",
+        dsl("metrc paid = count(orders)\nmetric n = count(orders)\n").as_bytes()
+    )]
+);
+case!(
+    syntax_error_names_what_was_expected,
+    &[(
+        "m.tally",
+        dsl("metric paid = count(orders where status = )\n").as_bytes()
+    )]
+);
+case!(
+    every_broken_definition_of_a_file_is_reported,
+    &[(
+        "m.tally",
+        dsl("metric a = count(orders where)\nmetric b = sum(orders.amount\nmetric c = count(orders)\n").as_bytes()
+    )]
+);
+case!(
+    yaml_indented_with_tabs,
+    &[("m.yaml", b"metrics:\n\tpaid:\n\t\texpr: count(orders)\n")]
+);
+case!(
+    yaml_unknown_key,
+    &[(
+        "m.yaml",
+        b"metrics:\n  paid:\n    expr: count(orders)\n    lable: Paid orders\n"
+    )]
+);
+case!(
+    yaml_expression_error_points_into_the_yaml,
+    &[
+        ("s.tally", SOURCE.as_bytes()),
+        (
+            "m.yaml",
+            b"metrics:\n  paid:\n    label: Paid\n    expr: count(orders where stauts = \"paid\")\n"
+        )
+    ]
+);
+case!(
+    metric_refers_to_itself,
+    &[("m.tally", dsl("metric a = a + 1\n").as_bytes())]
+);
+case!(
+    cycle_of_three_metrics,
+    &[(
+        "m.tally",
+        dsl("metric a = b\nmetric b = c * 2\nmetric c = a / count(orders)\n").as_bytes()
+    )]
+);
+case!(
+    sum_of_a_string_column,
+    &[("m.tally", dsl("metric s = sum(orders.status)\n").as_bytes())]
+);
+case!(
+    date_compared_with_a_number,
+    &[(
+        "m.tally",
+        dsl("metric d = count(orders where ordered_at > 2026)\n").as_bytes()
+    )]
+);
+case!(
+    data_file_does_not_exist,
+    &[("m.tally", b"source gone { file: \"gone.csv\" }\n")]
+);
+case!(
+    csv_with_a_ragged_row,
+    &[
+        ("ragged.csv", b"a,b,c\n1,2,3\n4,5\n"),
+        ("m.tally", b"source ragged { file: \"ragged.csv\" }\n")
+    ]
+);
+case!(
+    truncated_parquet_file,
+    &[
+        ("cut.parquet", b"PAR1\x15\x00\x15\x1c\x15\x1c,\x15\x04\x15\x00\x15\x06"),
+        ("m.tally", b"source cut { file: \"cut.parquet\" }\n")
+    ]
+);
+case!(
+    column_renamed_in_the_data,
+    &[(
+        "m.tally",
+        dsl("metric revenue = sum(orders.amount_usd where status = \"paid\")\n").as_bytes()
+    )]
+);
 case!(unknown_names_get_did_you_mean, &[(
     "m.tally",
     dsl("metric a = count(ordrs)\nmetric b = count(orders where custmer = \"x\")\nmetric c = a + paidd\nmetric d = summ(orders.amount)\nmetric e = count(orders where loower(status) = \"x\")\n").as_bytes()
 )]);
-case!(duplicate_names, &[("m.tally", dsl("metric a = count(orders)\nmetric a = count(orders)\n").as_bytes())]);
+case!(
+    duplicate_names,
+    &[(
+        "m.tally",
+        dsl("metric a = count(orders)\nmetric a = count(orders)\n").as_bytes()
+    )]
+);
 case!(join_problems, &[
     ("customers.csv", b"customer,segment\nalice,smb\n"),
     ("ids.csv", b"id,name\n1,x\n"),
@@ -103,9 +182,21 @@ case!(source_not_joined, &[
     ("customers.csv", b"customer,segment\nalice,smb\n"),
     ("m.tally", dsl("source customers { file: \"customers.csv\" }\nmetric smb = count(orders where customers.segment = \"smb\")\n").as_bytes()),
 ]);
-case!(path_leaves_the_data_root, &[("m.tally", b"source secrets { file: \"../../../etc/passwd\" }\nsource abs { file: \"/etc/hosts\" }\n")]);
+case!(
+    path_leaves_the_data_root,
+    &[(
+        "m.tally",
+        b"source secrets { file: \"../../../etc/passwd\" }\nsource abs { file: \"/etc/hosts\" }\n"
+    )]
+);
 case!(bad_settings, &[("tally.yaml", b"definitions: .\nmemory_limt: 2GB\n")]);
-case!(unknown_time_zone, &[("tally.yaml", b"time_zone: Europe/Londn\n"), ("m.tally", SOURCE.as_bytes())]);
+case!(
+    unknown_time_zone,
+    &[
+        ("tally.yaml", b"time_zone: Europe/Londn\n"),
+        ("m.tally", SOURCE.as_bytes())
+    ]
+);
 case!(aggregate_misuse, &[(
     "m.tally",
     dsl("metric a = orders.amount\nmetric b = days_between(orders.ordered_at, orders.ordered_at)\nmetric c = percentile(orders.amount, 90)\nmetric d = count(orders where sum(orders.amount) > 1)\nmetric e = count(orders where amount)\n").as_bytes()
@@ -113,7 +204,10 @@ case!(aggregate_misuse, &[(
 
 #[test]
 fn a_clean_project_checks_clean() {
-    let out = check(&[("m.tally", dsl("metric paid = count(orders where status = \"paid\")\n").as_bytes())]);
+    let out = check(&[(
+        "m.tally",
+        dsl("metric paid = count(orders where status = \"paid\")\n").as_bytes(),
+    )]);
     assert_eq!(out, "exit code: 0\nok: 1 sources, 0 dimensions, 1 metrics\n");
 }
 

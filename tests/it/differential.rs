@@ -27,11 +27,15 @@ fn sql_context() -> SessionContext {
     runtime().block_on(async {
         for t in ["channels", "enquiries", "quotes", "marketing_spend"] {
             let path = data.join(format!("{t}.csv"));
-            ctx.register_csv(t, path.to_str().unwrap(), CsvReadOptions::new()).await.unwrap();
+            ctx.register_csv(t, path.to_str().unwrap(), CsvReadOptions::new())
+                .await
+                .unwrap();
         }
         for t in ["jobs", "payments", "web_sessions"] {
             let path = data.join(format!("{t}.parquet"));
-            ctx.register_parquet(t, path.to_str().unwrap(), ParquetReadOptions::default()).await.unwrap();
+            ctx.register_parquet(t, path.to_str().unwrap(), ParquetReadOptions::default())
+                .await
+                .unwrap();
         }
     });
     ctx
@@ -39,7 +43,9 @@ fn sql_context() -> SessionContext {
 
 /// Runs SQL returning (period, value) or (period, dimension, value).
 fn sql(ctx: &SessionContext, query: &str) -> Series {
-    let batches = runtime().block_on(async { ctx.sql(query).await?.collect().await }).unwrap_or_else(|e| panic!("{query}: {e}"));
+    let batches = runtime()
+        .block_on(async { ctx.sql(query).await?.collect().await })
+        .unwrap_or_else(|e| panic!("{query}: {e}"));
     let mut out = Series::new();
     for b in batches {
         let n = b.num_columns();
@@ -63,7 +69,9 @@ fn sql(ctx: &SessionContext, query: &str) -> Series {
 
 /// Values per period of a column, for percentiles computed here by hand.
 fn percentile_by_month(ctx: &SessionContext, query: &str, p: f64) -> Series {
-    let batches = runtime().block_on(async { ctx.sql(query).await?.collect().await }).unwrap();
+    let batches = runtime()
+        .block_on(async { ctx.sql(query).await?.collect().await })
+        .unwrap();
     let mut groups: HashMap<String, Vec<f64>> = HashMap::new();
     for b in batches {
         let period = cast(b.column(0), &DataType::Utf8).unwrap();
@@ -109,15 +117,24 @@ fn monthly_sql() -> Vec<(&'static str, String, bool)> {
     );
     let spend = format!("SELECT {sp} AS p, SUM(spend) AS v FROM marketing_spend GROUP BY 1");
     let sessions = format!("SELECT {ws} AS p, CAST(COUNT(*) AS DOUBLE) AS v FROM web_sessions GROUP BY 1");
-    let converted = format!("SELECT {ws} AS p, CAST(COUNT(*) AS DOUBLE) AS v FROM web_sessions WHERE converted GROUP BY 1");
+    let converted =
+        format!("SELECT {ws} AS p, CAST(COUNT(*) AS DOUBLE) AS v FROM web_sessions WHERE converted GROUP BY 1");
     let quotes = format!("SELECT {q} AS p, CAST(COUNT(*) AS DOUBLE) AS v FROM quotes GROUP BY 1");
     let accepted = format!("SELECT {q} AS p, CAST(COUNT(*) AS DOUBLE) AS v FROM quotes WHERE accepted GROUP BY 1");
     vec![
         ("enquiries", enquiries.clone(), true),
         ("won_jobs", won.clone(), true),
         ("conversion", ratio(&won, &enquiries), false),
-        ("revenue", format!("SELECT {j}, SUM(CAST(amount AS DOUBLE)) FROM jobs WHERE status = 'completed' GROUP BY 1"), true),
-        ("job_cost", format!("SELECT {j}, SUM(CAST(cost AS DOUBLE)) FROM jobs WHERE status = 'completed' GROUP BY 1"), true),
+        (
+            "revenue",
+            format!("SELECT {j}, SUM(CAST(amount AS DOUBLE)) FROM jobs WHERE status = 'completed' GROUP BY 1"),
+            true,
+        ),
+        (
+            "job_cost",
+            format!("SELECT {j}, SUM(CAST(cost AS DOUBLE)) FROM jobs WHERE status = 'completed' GROUP BY 1"),
+            true,
+        ),
         (
             "gross_margin",
             format!(
@@ -128,7 +145,9 @@ fn monthly_sql() -> Vec<(&'static str, String, bool)> {
         ),
         (
             "revenue_per_job",
-            format!("SELECT {j}, SUM(CAST(amount AS DOUBLE)) / COUNT(*) FROM jobs WHERE status = 'completed' GROUP BY 1"),
+            format!(
+                "SELECT {j}, SUM(CAST(amount AS DOUBLE)) / COUNT(*) FROM jobs WHERE status = 'completed' GROUP BY 1"
+            ),
             false,
         ),
         (
@@ -150,7 +169,11 @@ fn monthly_sql() -> Vec<(&'static str, String, bool)> {
             ),
             false,
         ),
-        ("active_customers", format!("SELECT {j}, COUNT(DISTINCT customer_id) FROM jobs WHERE status = 'completed' GROUP BY 1"), true),
+        (
+            "active_customers",
+            format!("SELECT {j}, COUNT(DISTINCT customer_id) FROM jobs WHERE status = 'completed' GROUP BY 1"),
+            true,
+        ),
         ("organic_enquiries", organic.clone(), true),
         ("organic_share", ratio(&organic, &enquiries), false),
         (
@@ -160,9 +183,21 @@ fn monthly_sql() -> Vec<(&'static str, String, bool)> {
         ),
         ("quotes_sent", quotes.clone(), true),
         ("quote_win_rate", ratio(&accepted, &quotes), false),
-        ("average_deal_size", format!("SELECT {q}, AVG(amount) FROM quotes WHERE accepted = true GROUP BY 1"), false),
-        ("invoiced", format!("SELECT {pay}, SUM(CAST(amount AS DOUBLE)) FROM payments GROUP BY 1"), true),
-        ("outstanding", format!("SELECT {pay}, SUM(CAST(amount AS DOUBLE)) FROM payments WHERE paid_at IS NULL GROUP BY 1"), true),
+        (
+            "average_deal_size",
+            format!("SELECT {q}, AVG(amount) FROM quotes WHERE accepted = true GROUP BY 1"),
+            false,
+        ),
+        (
+            "invoiced",
+            format!("SELECT {pay}, SUM(CAST(amount AS DOUBLE)) FROM payments GROUP BY 1"),
+            true,
+        ),
+        (
+            "outstanding",
+            format!("SELECT {pay}, SUM(CAST(amount AS DOUBLE)) FROM payments WHERE paid_at IS NULL GROUP BY 1"),
+            true,
+        ),
         (
             "days_to_payment",
             format!(
@@ -173,8 +208,18 @@ fn monthly_sql() -> Vec<(&'static str, String, bool)> {
             false,
         ),
         ("marketing_spend", spend.clone(), true),
-        ("cost_per_acquisition", format!("WITH n AS ({spend}), d AS ({won}) SELECT d.p, COALESCE(n.v, 0) / d.v FROM d LEFT JOIN n ON n.p = d.p WHERE d.v <> 0"), false),
-        ("paid_clicks", format!("SELECT {sp}, SUM(clicks) FROM marketing_spend WHERE channel = 'paid_ads' GROUP BY 1"), true),
+        (
+            "cost_per_acquisition",
+            format!(
+                "WITH n AS ({spend}), d AS ({won}) SELECT d.p, COALESCE(n.v, 0) / d.v FROM d LEFT JOIN n ON n.p = d.p WHERE d.v <> 0"
+            ),
+            false,
+        ),
+        (
+            "paid_clicks",
+            format!("SELECT {sp}, SUM(clicks) FROM marketing_spend WHERE channel = 'paid_ads' GROUP BY 1"),
+            true,
+        ),
         ("sessions", sessions.clone(), true),
         ("website_conversions", converted.clone(), true),
         ("website_conversion_rate", ratio(&converted, &sessions), false),
@@ -197,7 +242,11 @@ fn compare(name: &str, tally: &tally::run::ResultTable, col: usize, expected: &S
         };
         assert_close(row.values[col], exp, &format!("{name} at {key:?}"));
     }
-    assert_eq!(seen, expected.len(), "{name}: every period of the SQL result is in tally's result");
+    assert_eq!(
+        seen,
+        expected.len(),
+        "{name}: every period of the SQL result is in tally's result"
+    );
 }
 
 #[test]
@@ -207,14 +256,29 @@ fn every_kpi_by_month_equals_hand_written_sql() {
     let ctx = sql_context();
     let mut checked: Vec<&str> = Vec::new();
     for (name, query, zero) in monthly_sql() {
-        let t = env.query(&[name], Q { grain: Some("month"), ..Q::default() });
+        let t = env.query(
+            &[name],
+            Q {
+                grain: Some("month"),
+                ..Q::default()
+            },
+        );
         assert!(t.rows.len() >= 24, "{name}: two years of months");
         compare(name, &t, 0, &sql(&ctx, &query), zero);
         checked.push(name);
     }
-    let amounts = format!("SELECT {}, amount FROM jobs WHERE status = 'completed'", month("completed_at"));
+    let amounts = format!(
+        "SELECT {}, amount FROM jobs WHERE status = 'completed'",
+        month("completed_at")
+    );
     for (name, p) in [("median_job_value", 0.5), ("p90_job_value", 0.9)] {
-        let t = env.query(&[name], Q { grain: Some("month"), ..Q::default() });
+        let t = env.query(
+            &[name],
+            Q {
+                grain: Some("month"),
+                ..Q::default()
+            },
+        );
         compare(name, &t, 0, &percentile_by_month(&ctx, &amounts, p), false);
         checked.push(name);
     }
@@ -225,12 +289,21 @@ fn every_kpi_by_month_equals_hand_written_sql() {
 
     // All at once (one scan per source) gives the same numbers as one at a time.
     let names: Vec<&str> = monthly_sql().iter().map(|m| m.0).collect();
-    let together = env.query(&names, Q { grain: Some("month"), ..Q::default() });
+    let together = env.query(
+        &names,
+        Q {
+            grain: Some("month"),
+            ..Q::default()
+        },
+    );
     for (i, (name, query, zero)) in monthly_sql().into_iter().enumerate() {
         let expected = sql(&ctx, &query);
         for row in &together.rows {
             let key = (row.period.unwrap().to_string(), None);
-            let exp = expected.get(&key).copied().unwrap_or(if zero { Some(0.0) } else { None });
+            let exp = expected
+                .get(&key)
+                .copied()
+                .unwrap_or(if zero { Some(0.0) } else { None });
             assert_close(row.values[i], exp, &format!("{name} among all at {key:?}"));
         }
     }
@@ -271,7 +344,14 @@ fn kpis_by_channel_equal_hand_written_sql() {
         ("cost_per_acquisition", ratio(&spend, &won), false),
     ];
     let names: Vec<&str> = cases.iter().map(|c| c.0).collect();
-    let t = env.query(&names, Q { grain: Some("month"), dims: &["channel"], ..Q::default() });
+    let t = env.query(
+        &names,
+        Q {
+            grain: Some("month"),
+            dims: &["channel"],
+            ..Q::default()
+        },
+    );
     // 24 months x (5 channels + enquiries without a channel)
     assert_eq!(t.rows.len(), 24 * 6);
     for (i, (name, query, zero)) in cases.into_iter().enumerate() {
@@ -288,39 +368,93 @@ fn flights_by_local_day_and_month_equal_hand_written_sql() {
     let mut env = load(&root, SettingsFile::default());
     let ctx = SessionContext::new();
     let path = root.join("data/flights.parquet");
-    runtime().block_on(ctx.register_parquet("flights", path.to_str().unwrap(), ParquetReadOptions::default())).unwrap();
+    runtime()
+        .block_on(ctx.register_parquet("flights", path.to_str().unwrap(), ParquetReadOptions::default()))
+        .unwrap();
     let airlines = root.join("data/airlines.parquet");
-    runtime().block_on(ctx.register_parquet("airlines", airlines.to_str().unwrap(), ParquetReadOptions::default())).unwrap();
+    runtime()
+        .block_on(ctx.register_parquet("airlines", airlines.to_str().unwrap(), ParquetReadOptions::default()))
+        .unwrap();
 
     let local_day = "CAST(make_date(CAST(year AS INT), CAST(month AS INT), CAST(day AS INT)) AS VARCHAR)";
-    let t = env.query(&["flights"], Q { grain: Some("day"), ..Q::default() });
+    let t = env.query(
+        &["flights"],
+        Q {
+            grain: Some("day"),
+            ..Q::default()
+        },
+    );
     assert_eq!(t.rows.len(), 365);
-    compare("flights", &t, 0, &sql(&ctx, &format!("SELECT {local_day}, COUNT(*) FROM flights GROUP BY 1")), true);
+    compare(
+        "flights",
+        &t,
+        0,
+        &sql(&ctx, &format!("SELECT {local_day}, COUNT(*) FROM flights GROUP BY 1")),
+        true,
+    );
 
     let local_month = "CAST(make_date(CAST(year AS INT), CAST(month AS INT), 1) AS VARCHAR)";
     let cases = [
-        ("cancellation_rate", format!("SELECT {local_month}, AVG(CASE WHEN dep_time IS NULL THEN 1.0 ELSE 0.0 END) FROM flights GROUP BY 1"), false),
         (
-            "on_time_rate",
-            format!("SELECT {local_month}, AVG(CASE WHEN arr_delay <= 15 THEN 1.0 ELSE 0.0 END) FROM flights WHERE arr_delay IS NOT NULL GROUP BY 1"),
+            "cancellation_rate",
+            format!(
+                "SELECT {local_month}, AVG(CASE WHEN dep_time IS NULL THEN 1.0 ELSE 0.0 END) FROM flights GROUP BY 1"
+            ),
             false,
         ),
-        ("avg_dep_delay", format!("SELECT {local_month}, AVG(CAST(dep_delay AS DOUBLE)) FROM flights GROUP BY 1"), false),
-        ("distance_flown", format!("SELECT {local_month}, SUM(distance) FROM flights WHERE dep_time IS NOT NULL GROUP BY 1"), true),
-        ("routes", format!("SELECT {local_month}, COUNT(DISTINCT dest) FROM flights GROUP BY 1"), true),
+        (
+            "on_time_rate",
+            format!(
+                "SELECT {local_month}, AVG(CASE WHEN arr_delay <= 15 THEN 1.0 ELSE 0.0 END) FROM flights WHERE arr_delay IS NOT NULL GROUP BY 1"
+            ),
+            false,
+        ),
+        (
+            "avg_dep_delay",
+            format!("SELECT {local_month}, AVG(CAST(dep_delay AS DOUBLE)) FROM flights GROUP BY 1"),
+            false,
+        ),
+        (
+            "distance_flown",
+            format!("SELECT {local_month}, SUM(distance) FROM flights WHERE dep_time IS NOT NULL GROUP BY 1"),
+            true,
+        ),
+        (
+            "routes",
+            format!("SELECT {local_month}, COUNT(DISTINCT dest) FROM flights GROUP BY 1"),
+            true,
+        ),
     ];
     let names: Vec<&str> = cases.iter().map(|c| c.0).collect();
-    let t = env.query(&names, Q { grain: Some("month"), ..Q::default() });
+    let t = env.query(
+        &names,
+        Q {
+            grain: Some("month"),
+            ..Q::default()
+        },
+    );
     assert_eq!(t.rows.len(), 12);
     for (i, (name, query, zero)) in cases.into_iter().enumerate() {
         compare(name, &t, i, &sql(&ctx, &query), zero);
     }
     let p95 = percentile_by_month(&ctx, &format!("SELECT {local_month}, arr_delay FROM flights"), 0.95);
-    let t = env.query(&["p95_arr_delay"], Q { grain: Some("month"), ..Q::default() });
+    let t = env.query(
+        &["p95_arr_delay"],
+        Q {
+            grain: Some("month"),
+            ..Q::default()
+        },
+    );
     compare("p95_arr_delay", &t, 0, &p95, false);
 
     // By airline, through the join.
-    let t = env.query(&["flights", "on_time_rate"], Q { dims: &["carrier"], ..Q::default() });
+    let t = env.query(
+        &["flights", "on_time_rate"],
+        Q {
+            dims: &["carrier"],
+            ..Q::default()
+        },
+    );
     let by_airline = sql(
         &ctx,
         "SELECT '-', a.name, AVG(CASE WHEN f.arr_delay <= 15 THEN 1.0 ELSE 0.0 END) FROM flights f \

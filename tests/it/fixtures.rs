@@ -10,8 +10,11 @@ fn s(v: f64) -> Option<f64> {
     Some(v)
 }
 
-/// Monthly values (Jan, Feb, Mar, Apr) and the total over everything, by hand.
-fn expectations() -> Vec<(&'static str, [Option<f64>; 4], Option<f64>)> {
+/// A metric, its values in January, February, March and April, and its total.
+type Expected = (&'static str, [Option<f64>; 4], Option<f64>);
+
+/// Monthly values and the total over everything, by hand.
+fn expectations() -> Vec<Expected> {
     vec![
         ("orders", [s(4.), s(2.), s(0.), s(2.)], s(8.)),
         ("paid_orders", [s(3.), s(1.), s(0.), s(2.)], s(6.)),
@@ -53,9 +56,19 @@ fn every_metric_kind_by_month_and_in_total() {
     let mut env = load(&fixture("shop"), SettingsFile::default());
     let exp = expectations();
     let names: Vec<&str> = exp.iter().map(|e| e.0).collect();
-    let monthly = env.query(&names, Q { grain: Some("month"), ..Q::default() });
+    let monthly = env.query(
+        &names,
+        Q {
+            grain: Some("month"),
+            ..Q::default()
+        },
+    );
     let periods: Vec<String> = monthly.rows.iter().map(|r| r.period.unwrap().to_string()).collect();
-    assert_eq!(periods, ["2026-01-01", "2026-02-01", "2026-03-01", "2026-04-01"], "every month, the empty one too");
+    assert_eq!(
+        periods,
+        ["2026-01-01", "2026-02-01", "2026-03-01", "2026-04-01"],
+        "every month, the empty one too"
+    );
     let total = env.query(&names, Q::default());
     assert_eq!(total.rows.len(), 1);
     for (i, (name, months, all)) in exp.iter().enumerate() {
@@ -71,7 +84,13 @@ fn each_metric_alone_equals_the_same_metric_among_others() {
     // One scan serves many measures; the values must not depend on the company they keep.
     let mut env = load(&fixture("shop"), SettingsFile::default());
     for (name, months, _) in expectations() {
-        let t = env.query(&[name], Q { grain: Some("month"), ..Q::default() });
+        let t = env.query(
+            &[name],
+            Q {
+                grain: Some("month"),
+                ..Q::default()
+            },
+        );
         for (m, row) in t.rows.iter().enumerate() {
             assert_close(row.values[0], months[m], name);
         }
@@ -81,9 +100,18 @@ fn each_metric_alone_equals_the_same_metric_among_others() {
 #[test]
 fn a_join_never_drops_or_duplicates_rows() {
     let mut env = load(&fixture("shop"), SettingsFile::default());
-    let t = env.query(&["orders", "revenue"], Q { dims: &["segment"], ..Q::default() });
-    let got: Vec<(Option<String>, Option<f64>, Option<f64>)> =
-        t.rows.iter().map(|r| (r.dimensions[0].clone(), r.values[0], r.values[1])).collect();
+    let t = env.query(
+        &["orders", "revenue"],
+        Q {
+            dims: &["segment"],
+            ..Q::default()
+        },
+    );
+    let got: Vec<(Option<String>, Option<f64>, Option<f64>)> = t
+        .rows
+        .iter()
+        .map(|r| (r.dimensions[0].clone(), r.values[0], r.values[1]))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -98,13 +126,28 @@ fn a_join_never_drops_or_duplicates_rows() {
 #[test]
 fn every_period_and_breakdown_value_is_present() {
     let mut env = load(&fixture("shop"), SettingsFile::default());
-    let t = env.query(&["orders", "paid_share"], Q { grain: Some("month"), dims: &["channel"], ..Q::default() });
+    let t = env.query(
+        &["orders", "paid_share"],
+        Q {
+            grain: Some("month"),
+            dims: &["channel"],
+            ..Q::default()
+        },
+    );
     // 4 months x 3 channel values (phone, web, none)
     assert_eq!(t.rows.len(), 12);
-    let march: Vec<_> = t.rows.iter().filter(|r| r.period.unwrap().to_string() == "2026-03-01").collect();
+    let march: Vec<_> = t
+        .rows
+        .iter()
+        .filter(|r| r.period.unwrap().to_string() == "2026-03-01")
+        .collect();
     assert_eq!(march.len(), 3);
     for r in march {
-        assert_eq!(r.values, vec![s(0.), N], "a count over no rows is 0, a ratio of 0/0 is null");
+        assert_eq!(
+            r.values,
+            vec![s(0.), N],
+            "a count over no rows is 0, a ratio of 0/0 is null"
+        );
     }
     let jan_phone = t
         .rows
@@ -117,11 +160,33 @@ fn every_period_and_breakdown_value_is_present() {
 #[test]
 fn weeks_start_on_monday_and_empty_weeks_are_zero() {
     let mut env = load(&fixture("shop"), SettingsFile::default());
-    let t = env.query(&["orders"], Q { grain: Some("week"), ..Q::default() });
-    let got: Vec<(String, f64)> = t.rows.iter().map(|r| (r.period.unwrap().to_string(), r.values[0].unwrap())).collect();
-    let mut expected = vec![("2026-01-05", 2.), ("2026-01-12", 0.), ("2026-01-19", 1.), ("2026-01-26", 2.)];
+    let t = env.query(
+        &["orders"],
+        Q {
+            grain: Some("week"),
+            ..Q::default()
+        },
+    );
+    let got: Vec<(String, f64)> = t
+        .rows
+        .iter()
+        .map(|r| (r.period.unwrap().to_string(), r.values[0].unwrap()))
+        .collect();
+    let mut expected = vec![
+        ("2026-01-05", 2.),
+        ("2026-01-12", 0.),
+        ("2026-01-19", 1.),
+        ("2026-01-26", 2.),
+    ];
     expected.extend([("2026-02-02", 0.), ("2026-02-09", 1.)]);
-    for w in ["2026-02-16", "2026-02-23", "2026-03-02", "2026-03-09", "2026-03-16", "2026-03-23"] {
+    for w in [
+        "2026-02-16",
+        "2026-02-23",
+        "2026-03-02",
+        "2026-03-09",
+        "2026-03-16",
+        "2026-03-23",
+    ] {
         expected.push((w, 0.));
     }
     expected.push(("2026-03-30", 2.));
@@ -132,43 +197,127 @@ fn weeks_start_on_monday_and_empty_weeks_are_zero() {
 #[test]
 fn days_quarters_and_fiscal_years() {
     let mut env = load(&fixture("shop"), SettingsFile::default());
-    let t = env.query(&["orders"], Q { grain: Some("quarter"), ..Q::default() });
-    let got: Vec<_> = t.rows.iter().map(|r| (r.period.unwrap().to_string(), r.values[0])).collect();
-    assert_eq!(got, vec![("2026-01-01".to_string(), s(6.)), ("2026-04-01".to_string(), s(2.))]);
+    let t = env.query(
+        &["orders"],
+        Q {
+            grain: Some("quarter"),
+            ..Q::default()
+        },
+    );
+    let got: Vec<_> = t
+        .rows
+        .iter()
+        .map(|r| (r.period.unwrap().to_string(), r.values[0]))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("2026-01-01".to_string(), s(6.)), ("2026-04-01".to_string(), s(2.))]
+    );
 
-    let t = env.query(&["orders"], Q { grain: Some("day"), from: Some("2026-01-05"), to: Some("2026-01-06"), ..Q::default() });
-    let got: Vec<_> = t.rows.iter().map(|r| (r.period.unwrap().to_string(), r.values[0])).collect();
-    assert_eq!(got, vec![("2026-01-05".to_string(), s(2.)), ("2026-01-06".to_string(), s(0.))]);
+    let t = env.query(
+        &["orders"],
+        Q {
+            grain: Some("day"),
+            from: Some("2026-01-05"),
+            to: Some("2026-01-06"),
+            ..Q::default()
+        },
+    );
+    let got: Vec<_> = t
+        .rows
+        .iter()
+        .map(|r| (r.period.unwrap().to_string(), r.values[0]))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("2026-01-05".to_string(), s(2.)), ("2026-01-06".to_string(), s(0.))]
+    );
 
-    let overrides = SettingsFile { fiscal_year_start: Some("april".into()), ..SettingsFile::default() };
+    let overrides = SettingsFile {
+        fiscal_year_start: Some("april".into()),
+        ..SettingsFile::default()
+    };
     let mut fiscal = load(&fixture("shop"), overrides);
-    let t = fiscal.query(&["orders"], Q { grain: Some("year"), ..Q::default() });
-    let got: Vec<_> = t.rows.iter().map(|r| (r.period.unwrap().to_string(), r.values[0])).collect();
-    assert_eq!(got, vec![("2025-04-01".to_string(), s(6.)), ("2026-04-01".to_string(), s(2.))]);
+    let t = fiscal.query(
+        &["orders"],
+        Q {
+            grain: Some("year"),
+            ..Q::default()
+        },
+    );
+    let got: Vec<_> = t
+        .rows
+        .iter()
+        .map(|r| (r.period.unwrap().to_string(), r.values[0]))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("2025-04-01".to_string(), s(6.)), ("2026-04-01".to_string(), s(2.))]
+    );
 }
 
 #[test]
 fn from_to_and_where_filter() {
     let mut env = load(&fixture("shop"), SettingsFile::default());
-    let t = env.query(&["orders"], Q { grain: Some("month"), from: Some("2026-01-06"), to: Some("2026-02-14"), ..Q::default() });
+    let t = env.query(
+        &["orders"],
+        Q {
+            grain: Some("month"),
+            from: Some("2026-01-06"),
+            to: Some("2026-02-14"),
+            ..Q::default()
+        },
+    );
     let got: Vec<_> = t.rows.iter().map(|r| r.values[0]).collect();
     assert_eq!(got, vec![s(2.), s(2.)]);
 
-    let t = env.query(&["orders", "revenue"], Q { grain: Some("month"), filter: Some("channel = \"web\""), ..Q::default() });
+    let t = env.query(
+        &["orders", "revenue"],
+        Q {
+            grain: Some("month"),
+            filter: Some("channel = \"web\""),
+            ..Q::default()
+        },
+    );
     let got: Vec<_> = t.rows.iter().map(|r| (r.values[0], r.values[1])).collect();
-    assert_eq!(got, vec![(s(2.), s(100.)), (s(1.), s(300.)), (s(0.), s(0.)), (s(1.), s(60.))]);
+    assert_eq!(
+        got,
+        vec![(s(2.), s(100.)), (s(1.), s(300.)), (s(0.), s(0.)), (s(1.), s(60.))]
+    );
 
     // A filter through the join.
-    let t = env.query(&["orders"], Q { filter: Some("segment = \"smb\" and amount > 20"), ..Q::default() });
+    let t = env.query(
+        &["orders"],
+        Q {
+            filter: Some("segment = \"smb\" and amount > 20"),
+            ..Q::default()
+        },
+    );
     assert_eq!(t.rows[0].values, vec![s(3.)]);
 }
 
 #[test]
 fn a_dimension_the_source_cannot_reach_is_refused() {
     let mut env = load(&fixture("shop"), SettingsFile::default());
-    let err = env.try_query(&["customers"], Q { dims: &["channel"], ..Q::default() }).unwrap_err();
+    let err = env
+        .try_query(
+            &["customers"],
+            Q {
+                dims: &["channel"],
+                ..Q::default()
+            },
+        )
+        .unwrap_err();
     assert!(err.message.contains("does not join"), "{}", err.message);
-    let err = env.try_query(&["customers"], Q { grain: Some("month"), ..Q::default() }).unwrap_err();
+    let err = env
+        .try_query(
+            &["customers"],
+            Q {
+                grain: Some("month"),
+                ..Q::default()
+            },
+        )
+        .unwrap_err();
     assert!(err.message.contains("has no time column"), "{}", err.message);
     let t = env.query(&["customers"], Q::default());
     assert_eq!(t.rows[0].values, vec![s(3.)]);

@@ -1,10 +1,13 @@
 //! Integration tests: hand-computed fixtures, differential checks against hand-written SQL,
 //! diagnostics snapshots and the binary's behaviour.
 
+#![allow(clippy::result_large_err)]
+
 mod cli;
 mod diagnostics;
 mod differential;
 mod fixtures;
+mod stages;
 
 use std::path::{Path, PathBuf};
 use tally::model::Model;
@@ -18,7 +21,11 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// A resolved project, ready to query.
@@ -30,7 +37,9 @@ pub struct Env {
 }
 
 pub fn load(dir: &Path, overrides: SettingsFile) -> Env {
-    let (project, diags) = tally::project::load(dir, &overrides).map_err(|(_, d)| d).expect("project loads");
+    let (project, diags) = tally::project::load(dir, &overrides)
+        .map_err(|(_, d)| d)
+        .expect("project loads");
     assert!(diags.is_empty(), "{:?}", diags);
     let ctx = tally::data::session(&project.settings).unwrap();
     let (model, diags) = runtime().block_on(tally::model::resolve(
@@ -39,9 +48,21 @@ pub fn load(dir: &Path, overrides: SettingsFile) -> Env {
         &project.files,
         project.definitions.clone(),
     ));
-    let errors: Vec<_> = diags.iter().filter(|d| d.severity == tally::diagnostic::Severity::Error).collect();
-    assert!(errors.is_empty(), "{}", tally::diagnostic::render_human(&project.files, &diags, false));
-    Env { files: project.files, model: model.unwrap(), ctx, settings: project.settings }
+    let errors: Vec<_> = diags
+        .iter()
+        .filter(|d| d.severity == tally::diagnostic::Severity::Error)
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{}",
+        tally::diagnostic::render_human(&project.files, &diags, false)
+    );
+    Env {
+        files: project.files,
+        model: model.unwrap(),
+        ctx,
+        settings: project.settings,
+    }
 }
 
 /// Query options, with the defaults of `tally query`.
@@ -56,7 +77,8 @@ pub struct Q<'a> {
 
 impl Env {
     pub fn query(&mut self, metrics: &[&str], q: Q) -> ResultTable {
-        self.try_query(metrics, q).unwrap_or_else(|d| panic!("{}", tally::diagnostic::render_human(&self.files, &[d], false)))
+        self.try_query(metrics, q)
+            .unwrap_or_else(|d| panic!("{}", tally::diagnostic::render_human(&self.files, &[d], false)))
     }
 
     pub fn try_query(&mut self, metrics: &[&str], q: Q) -> Result<ResultTable, tally::diagnostic::Diagnostic> {
@@ -65,7 +87,10 @@ impl Env {
             tally::syntax::parse_expr(id, f, 0).unwrap()
         });
         let query = Query {
-            metrics: metrics.iter().map(|m| self.model.metric(m).unwrap_or_else(|| panic!("metric {m}"))).collect(),
+            metrics: metrics
+                .iter()
+                .map(|m| self.model.metric(m).unwrap_or_else(|| panic!("metric {m}")))
+                .collect(),
             grain: q.grain.map(|g| tally::time::Grain::parse(g).unwrap()),
             dimensions: q.dims.iter().map(|d| self.model.dimension(d).unwrap()).collect(),
             from: q.from.map(|d| d.parse().unwrap()),

@@ -1,0 +1,250 @@
+//! Snapshots of the stages' outputs: parsed expressions (precedence, every form), the DSL
+//! and YAML front ends agreeing, and the DataFusion plans that run.
+
+use crate::{Q, fixture, load};
+use tally::ast::{Definitions, Expr, ExprKind};
+use tally::span::Files;
+
+/// An expression as an s-expression: shows how operators bind.
+fn sexpr(e: &Expr) -> String {
+    match &e.kind {
+        ExprKind::Number(n) => format!("{n}"),
+        ExprKind::String(s) => format!("{s:?}"),
+        ExprKind::Bool(b) => format!("{b}"),
+        ExprKind::Date(d) => format!("date:{d}"),
+        ExprKind::Month(d) => format!("month:{d}"),
+        ExprKind::Null => "null".into(),
+        ExprKind::Name(n) => n.clone(),
+        ExprKind::Qualified(s, c) => format!("{}.{}", s.value, c.value),
+        ExprKind::Binary(op, a, b) => format!("({} {} {})", op.symbol(), sexpr(a), sexpr(b)),
+        ExprKind::Not(a) => format!("(not {})", sexpr(a)),
+        ExprKind::Neg(a) => format!("(- {})", sexpr(a)),
+        ExprKind::IsNull { expr, negated } => format!("({} {})", if *negated { "is-not-null" } else { "is-null" }, sexpr(expr)),
+        ExprKind::InList { expr, list, negated } => format!(
+            "({} {} [{}])",
+            if *negated { "not-in" } else { "in" },
+            sexpr(expr),
+            list.iter().map(sexpr).collect::<Vec<_>>().join(" ")
+        ),
+        ExprKind::Between { expr, low, high, negated } => format!(
+            "({} {} {} {})",
+            if *negated { "not-between" } else { "between" },
+            sexpr(expr),
+            sexpr(low),
+            sexpr(high)
+        ),
+        ExprKind::Call { name, args, filter } => format!(
+            "({}{}{})",
+            name.value,
+            args.iter().map(|a| format!(" {}", sexpr(a))).collect::<String>(),
+            filter.as_ref().map(|f| format!(" :where {}", sexpr(f))).unwrap_or_default()
+        ),
+    }
+}
+
+fn summary(defs: &Definitions) -> String {
+    let mut out = String::new();
+    for s in &defs.sources {
+        let joins: Vec<String> = s
+            .joins
+            .iter()
+            .map(|j| format!("{}:{}={}", j.target.value, j.column.value, j.target_column.as_ref().unwrap_or(&j.column).value))
+            .collect();
+        out.push_str(&format!(
+            "source {} file={:?} time={:?} key={:?} joins={joins:?}\n",
+            s.name.value,
+            s.file.as_ref().map(|f| &f.value),
+            s.time.as_ref().map(|f| &f.value),
+            s.key.as_ref().map(|f| &f.value)
+        ));
+    }
+    for d in &defs.dimensions {
+        out.push_str(&format!("dimension {} = {}\n", d.name.value, sexpr(&d.expr)));
+    }
+    for m in &defs.metrics {
+        let meta = &m.meta;
+        out.push_str(&format!(
+            "metric {} = {}  label={:?} format={:?} owner={:?}\n",
+            m.name.value,
+            sexpr(&m.expr),
+            meta.label.as_ref().map(|l| &l.value),
+            meta.format.as_ref().map(|f| f.value.to_string()),
+            meta.owner.as_ref().map(|o| &o.value),
+        ));
+    }
+    for d in &defs.deferred {
+        out.push_str(&format!("{} {}\n", d.kind, d.name.value));
+    }
+    out
+}
+
+#[test]
+fn expressions_bind_as_documented() {
+    let mut files = Files::default();
+    let cases = [
+        "a or b and not c = 1",
+        "x + y * 2 - -z / 4",
+        "(x + y) * 2",
+        "status in (\"a\", \"b\") and amount not between 1 and 5",
+        "d is not null or e is null",
+        "created_at >= 2026-01-31 and month < 2026-02",
+        "25% + 1.5e3",
+        "sum(jobs.amount where status = \"completed\" and not refunded) / count(jobs)",
+        "percentile(jobs.amount, 90% where x != \"it\\\"s\")",
+        "lower(a) = upper(b) // a comment",
+    ];
+    let mut out = String::new();
+    for c in cases {
+        let id = files.add("case", "case".into(), c.to_string());
+        let e = tally::syntax::parse_expr(id, c, 0).unwrap();
+        out.push_str(&format!("{c}\n  => {}\n", sexpr(&e)));
+    }
+    insta::assert_snapshot!("expressions", out);
+}
+
+/// The DSL and the YAML examples of the product definition mean the same thing.
+#[test]
+fn dsl_and_yaml_front_ends_agree() {
+    let dsl = r#"
+source enquiries {
+  file: "data/enquiries.csv"
+  time: created_at
+  key: enquiry_id
+}
+
+source jobs {
+  file: "data/jobs.parquet"
+  time: completed_at
+  key: job_id
+  join enquiries on enquiry_id        // many-to-one: each job came from one enquiry
+}
+
+dimension channel = enquiries.channel
+
+metric enquiries "Enquiries" = count(enquiries)
+metric won_jobs = count(jobs where status = "completed")
+metric revenue "Revenue" = sum(jobs.amount where status = "completed") {
+  format: currency(USD)
+  owner: "operations"
+  description: "Invoiced revenue of completed jobs"
+}
+metric conversion "Enquiry to job" = won_jobs / enquiries { format: percent }
+
+target revenue >= 120000 per month from 2026-01
+alert conversion_drop {
+  when conversion < 20% for 3 days
+  severity critical
+  message "Conversion fell to {{ value }} in {{ period }}"
+}
+report weekly "Weekly operations" {
+  grain: week
+  range: last 26 weeks
+  metrics: [enquiries, conversion, revenue]
+  by: channel
+}
+"#;
+    let yaml = r#"sources:
+  enquiries:
+    file: data/enquiries.csv
+    time: created_at
+    key: enquiry_id
+  jobs:
+    file: data/jobs.parquet
+    time: completed_at
+    key: job_id
+    joins:
+      - source: enquiries
+        on: enquiry_id
+
+dimensions:
+  channel: enquiries.channel
+
+metrics:
+  enquiries:
+    label: Enquiries
+    expr: count(enquiries)
+  won_jobs:
+    expr: count(jobs where status = "completed")
+  revenue:
+    label: Revenue
+    expr: sum(jobs.amount where status = "completed")
+    format: currency(USD)
+    owner: operations
+    description: Invoiced revenue of completed jobs
+  conversion:
+    label: Enquiry to job
+    expr: won_jobs / enquiries
+    format: percent
+
+targets:
+  - metric: revenue
+    at_least: 120000
+    per: month
+    from: 2026-01
+
+alerts:
+  conversion_drop:
+    when: conversion < 20%
+    for: 3 days
+    severity: critical
+    message: "Conversion fell to {{ value }} in {{ period }}"
+
+reports:
+  weekly:
+    title: Weekly operations
+    grain: week
+    range: last 26 weeks
+    metrics: [enquiries, conversion, revenue]
+    by: channel
+"#;
+    let mut files = Files::default();
+    let a = files.add("a.tally", "a.tally".into(), dsl.to_string());
+    let b = files.add("b.yaml", "b.yaml".into(), yaml.to_string());
+    let (from_dsl, d1) = tally::syntax::parse_file(a, dsl);
+    let (from_yaml, d2) = tally::yaml::parse_file(b, yaml);
+    assert!(d1.is_empty() && d2.is_empty(), "{d1:?} {d2:?}");
+    let dsl_summary = summary(&from_dsl).replace("target target", "target");
+    let yaml_summary = summary(&from_yaml).replace("target targets[0]", "target revenue");
+    assert_eq!(dsl_summary, yaml_summary);
+    insta::assert_snapshot!("product_example", dsl_summary);
+}
+
+#[test]
+fn yaml_is_read_as_yaml_1_2() {
+    // `on`, `yes` and `no` are strings, not booleans.
+    let yaml = "sources:\n  no:\n    file: yes.csv\n    joins:\n      - source: on\n        on: off\n";
+    let mut files = Files::default();
+    let id = files.add("y.yaml", "y.yaml".into(), yaml.to_string());
+    let (defs, diags) = tally::yaml::parse_file(id, yaml);
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(defs.sources[0].name.value, "no");
+    assert_eq!(defs.sources[0].file.as_ref().unwrap().value, "yes.csv");
+    assert_eq!(defs.sources[0].joins[0].target.value, "on");
+    assert_eq!(defs.sources[0].joins[0].column.value, "off");
+    // Places point into the YAML text.
+    assert_eq!(files.location(defs.sources[0].joins[0].column.span), "y.yaml:6:13");
+}
+
+#[test]
+fn plans_are_one_aggregate_per_source() {
+    let env = load(&fixture("shop"), Default::default());
+    let metrics = ["paid_share", "revenue", "p75_paid", "buyers", "customers"];
+    let query = tally::plan::Query {
+        metrics: metrics.iter().map(|m| env.model.metric(m).unwrap()).collect(),
+        grain: None,
+        dimensions: vec![env.model.dimension("segment").unwrap()],
+        from: None,
+        to: None,
+        filter: None,
+    };
+    let plan = tally::plan::build(&env.model, &env.files, &env.settings.calendar(), query).unwrap();
+    let mut out = String::new();
+    for scan in &plan.scans {
+        out.push_str(&format!("{}\n", scan.plan.display_indent()));
+    }
+    for k in &plan.key_checks {
+        out.push_str(&format!("key check:\n{}\n", k.plan.display_indent()));
+    }
+    insta::assert_snapshot!("plan_shop", out);
+    let _ = Q::default();
+}
