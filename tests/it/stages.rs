@@ -19,14 +19,21 @@ fn sexpr(e: &Expr) -> String {
         ExprKind::Binary(op, a, b) => format!("({} {} {})", op.symbol(), sexpr(a), sexpr(b)),
         ExprKind::Not(a) => format!("(not {})", sexpr(a)),
         ExprKind::Neg(a) => format!("(- {})", sexpr(a)),
-        ExprKind::IsNull { expr, negated } => format!("({} {})", if *negated { "is-not-null" } else { "is-null" }, sexpr(expr)),
+        ExprKind::IsNull { expr, negated } => {
+            format!("({} {})", if *negated { "is-not-null" } else { "is-null" }, sexpr(expr))
+        }
         ExprKind::InList { expr, list, negated } => format!(
             "({} {} [{}])",
             if *negated { "not-in" } else { "in" },
             sexpr(expr),
             list.iter().map(sexpr).collect::<Vec<_>>().join(" ")
         ),
-        ExprKind::Between { expr, low, high, negated } => format!(
+        ExprKind::Between {
+            expr,
+            low,
+            high,
+            negated,
+        } => format!(
             "({} {} {} {})",
             if *negated { "not-between" } else { "between" },
             sexpr(expr),
@@ -37,7 +44,10 @@ fn sexpr(e: &Expr) -> String {
             "({}{}{})",
             name.value,
             args.iter().map(|a| format!(" {}", sexpr(a))).collect::<String>(),
-            filter.as_ref().map(|f| format!(" :where {}", sexpr(f))).unwrap_or_default()
+            filter
+                .as_ref()
+                .map(|f| format!(" :where {}", sexpr(f)))
+                .unwrap_or_default()
         ),
     }
 }
@@ -48,7 +58,14 @@ fn summary(defs: &Definitions) -> String {
         let joins: Vec<String> = s
             .joins
             .iter()
-            .map(|j| format!("{}:{}={}", j.target.value, j.column.value, j.target_column.as_ref().unwrap_or(&j.column).value))
+            .map(|j| {
+                format!(
+                    "{}:{}={}",
+                    j.target.value,
+                    j.column.value,
+                    j.target_column.as_ref().unwrap_or(&j.column).value
+                )
+            })
             .collect();
         out.push_str(&format!(
             "source {} file={:?} time={:?} key={:?} joins={joins:?}\n",
