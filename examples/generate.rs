@@ -6,8 +6,9 @@
 //! cargo run --release --example generate -- [--out examples/services/data] [--scale 1] [--seed 42]
 //! ```
 //!
-//! Scale 1 is two years and about 80,000 rows; `--scale 450` writes about 10 million
-//! enquiries, in bounded memory (rows are written a month at a time).
+//! Scale 1 is two years and about 110,000 rows; `--scale 450` writes about 10 million
+//! enquiries, in bounded memory (rows are written a month at a time). `--parquet` writes
+//! every table as Parquet (benchmarks); by default some tables are CSV.
 
 use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, Weekday};
 use datafusion::arrow::array::{
@@ -106,6 +107,7 @@ struct Args {
     seed: u64,
     start: NaiveDate,
     days: i64,
+    parquet: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -115,6 +117,7 @@ fn parse_args() -> Result<Args, String> {
         seed: 42,
         start: NaiveDate::from_ymd_opt(2024, 1, 1).expect("date"),
         days: 731,
+        parquet: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -223,7 +226,7 @@ fn generate(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         Field::new("kind", DataType::Utf8, false),
         Field::new("label", DataType::Utf8, false),
     ]));
-    let mut sink = Sink::new(&a.out, "channels", channels, true)?;
+    let mut sink = Sink::new(&a.out, "channels", channels, !a.parquet)?;
     let mut cols: [StringBuilder; 3] = Default::default();
     for (c, k, l) in CHANNELS {
         cols[0].append_value(c);
@@ -279,11 +282,11 @@ fn generate(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         Field::new("traffic", DataType::Utf8, false),
         Field::new("converted", DataType::Boolean, false),
     ]));
-    let mut enquiries = Sink::new(&a.out, "enquiries", enquiry_schema, true)?;
-    let mut quotes = Sink::new(&a.out, "quotes", quote_schema, true)?;
+    let mut enquiries = Sink::new(&a.out, "enquiries", enquiry_schema, !a.parquet)?;
+    let mut quotes = Sink::new(&a.out, "quotes", quote_schema, !a.parquet)?;
     let mut jobs = Sink::new(&a.out, "jobs", job_schema, false)?;
     let mut payments = Sink::new(&a.out, "payments", payment_schema, false)?;
-    let mut spend = Sink::new(&a.out, "marketing_spend", spend_schema, true)?;
+    let mut spend = Sink::new(&a.out, "marketing_spend", spend_schema, !a.parquet)?;
     let mut sessions = Sink::new(&a.out, "web_sessions", session_schema, false)?;
 
     let (mut enquiry_id, mut quote_id, mut job_id, mut payment_id, mut session_id) = (0i64, 0i64, 0i64, 0i64, 0i64);

@@ -198,3 +198,23 @@ fn memory_limit_is_applied_and_named_when_exceeded() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("200,000"));
 }
+
+#[test]
+fn a_ragged_row_past_the_schema_sample_fails_the_query_with_its_line() {
+    let mut csv = String::from("id,at,amount\n");
+    for i in 0..3000 {
+        if i == 2500 {
+            csv.push_str("2500,2026-01-05\n");
+        } else {
+            csv.push_str(&format!("{i},2026-01-{:02},{i}\n", i % 28 + 1));
+        }
+    }
+    let files: &[(&str, &[u8])] =
+        &[("late.csv", csv.as_bytes()), ("m.tally", b"source late { file: \"late.csv\" time: at }\nmetric n = count(late)\n")];
+    let (code, _, _) = crate::diagnostics::run_in(files, &["check"]);
+    assert_eq!(code, 0, "the sample of rows read for the schema is fine");
+    let (code, _, stderr) = crate::diagnostics::run_in(files, &["query", "n"]);
+    assert_eq!(code, 4);
+    assert!(stderr.contains("cannot read source `late`: incorrect number of fields for line 2502"), "{stderr}");
+    assert!(stderr.contains("data file: late.csv"), "{stderr}");
+}

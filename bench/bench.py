@@ -1,0 +1,171 @@
+"""Times tally (release) and DuckDB on the same files; prints medians and ratios.
+
+1. `tally check` on a generated project of 1,000 metrics (goal: under 100 ms median).
+2. 10 KPIs by month and channel over the generated data (SCALE=450: ~10 million enquiries),
+   tally next to DuckDB running hand-written SQL with the same number of threads.
+3. 1 metric against 20 metrics on the same source (goal: 20 cost at most 1.5 x 1).
+"""
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+
+ROOT = Path(__file__).resolve().parent.parent
+TALLY = ROOT / "target/release/tally"
+GENERATE = ROOT / "target/release/examples/generate"
+OUT = ROOT / os.environ.get("OUT", "bench/out")
+SCALE = os.environ.get("SCALE", "450")
+THREADS = int(os.environ.get("THREADS", os.cpu_count() or 1))
+
+
+def median_time(cmd, runs, **kw):
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def median_call(fn, runs):
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def thousand_metrics():
+    project = OUT / "thousand"
+    shutil.rmtree(project, ignore_errors=True)
+    (project / "metrics").mkdir(parents=True)
+    data = ROOT / "examples/services/data"
+    (project / "tally.yaml").write_text(f"data: {data}\n")
+    shutil.copy(ROOT / "metrics/operations.tally", project / "metrics/operations.tally")
+    statuses = ["completed", "cancelled", "in_progress"]
+    channels = ["web_form", "phone", "referral", "organic_search", "paid_ads"]
+    n = 0
+    for f in range(10):
+        lines = []
+        for i in range(100):
+            k = f * 100 + i
+            if k % 4 == 0:
+                expr = f'count(enquiries where channel = "{channels[k % 5]}" and customer_id > {k})'
+            elif k % 4 == 1:
+                expr = f'sum(jobs.amount where status = "{statuses[k % 3]}" and cost > {k % 50})'
+            elif k % 4 == 2:
+                expr = f"avg(days_between(enquiries.created_at, jobs.started_at) where amount > {k})"
+            else:
+                expr = f"(m{k - 3} + m{k - 2}) / m{k - 1}"
+            lines.append(f'metric m{k} "Metric {k}" = {expr} {{ format: number owner: "team{k % 7}" }}')
+            n += 1
+        (project / "metrics" / f"generated_{f}.tally").write_text("\n".join(lines) + "\n")
+    subprocess.run([TALLY, "check", "--project", project], check=True, stderr=subprocess.DEVNULL)
+    t = median_time([TALLY, "check", "--project", project], 21, stderr=subprocess.DEVNULL)
+    print(f"check, {n} metrics (+ the example's 15): median {t * 1000:.1f} ms (goal < 100 ms)")
+
+
+def big_project():
+    data = OUT / f"data-{SCALE}"
+    if not (data / "jobs.parquet").exists():
+        data.mkdir(parents=True, exist_ok=True)
+        subprocess.run([GENERATE, "--out", data, "--scale", SCALE, "--parquet"], check=True)
+    project = OUT / f"project-{SCALE}"
+    shutil.rmtree(project, ignore_errors=True)
+    (project / "metrics").mkdir(parents=True)
+    (project / "tally.yaml").write_text(f"data: {data}\nthreads: {THREADS}\nmemory_limit: 8GB\n")
+    for f in (ROOT / "metrics").iterdir():
+        text = f.read_text().replace(".csv", ".parquet")
+        (project / "metrics" / f.name).write_text(text)
+    rows = duckdb.sql(f"SELECT count(*) FROM '{data}/enquiries.parquet'").fetchone()[0]
+    jobs = duckdb.sql(f"SELECT count(*) FROM '{data}/jobs.parquet'").fetchone()[0]
+    print(f"data: {rows:,} enquiries, {jobs:,} jobs (scale {SCALE}), {THREADS} threads")
+    return data, project
+
+
+KPIS = ["enquiries", "won_jobs", "conversion", "revenue", "job_cost", "gross_margin",
+        "revenue_per_job", "organic_share", "marketing_spend", "cost_per_acquisition"]
+
+
+def duckdb_kpis(con, data):
+    return con.sql(f"""
+        WITH e AS (
+            SELECT date_trunc('month', e.created_at) AS p, c.channel AS d,
+                   count(*) AS enquiries,
+                   count(*) FILTER (WHERE e.channel IN ('organic_search', 'referral')) AS organic
+            FROM '{data}/enquiries.parquet' e LEFT JOIN '{data}/channels.parquet' c ON e.channel = c.channel
+            GROUP BY ALL),
+        j AS (
+            SELECT date_trunc('month', j.completed_at) AS p, c.channel AS d,
+                   count(*) FILTER (WHERE j.status = 'completed') AS won,
+                   sum(j.amount) FILTER (WHERE j.status = 'completed') AS revenue,
+                   sum(j.cost) FILTER (WHERE j.status = 'completed') AS cost
+            FROM '{data}/jobs.parquet' j
+            LEFT JOIN '{data}/enquiries.parquet' e ON j.enquiry_id = e.enquiry_id
+            LEFT JOIN '{data}/channels.parquet' c ON e.channel = c.channel
+            GROUP BY ALL),
+        s AS (
+            SELECT date_trunc('month', s.date) AS p, c.channel AS d, sum(s.spend) AS spend
+            FROM '{data}/marketing_spend.parquet' s LEFT JOIN '{data}/channels.parquet' c ON s.channel = c.channel
+            GROUP BY ALL)
+        SELECT p, d, coalesce(enquiries, 0), coalesce(won, 0), won / nullif(enquiries, 0),
+               coalesce(revenue, 0), coalesce(cost, 0), (revenue - cost) / nullif(revenue, 0),
+               revenue / nullif(won, 0), organic / nullif(enquiries, 0), coalesce(spend, 0),
+               spend / nullif(won, 0)
+        FROM e FULL JOIN j USING (p, d) FULL JOIN s USING (p, d)
+        ORDER BY p, d""").fetchall()
+
+
+def kpis(data, project):
+    cmd = [TALLY, "query", *KPIS, "--by", "month", "--dim", "channel", "--format", "csv", "--project", project]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    t_tally = median_time(cmd, 5)
+    con = duckdb.connect()
+    con.sql(f"SET threads = {THREADS}")
+    duckdb_kpis(con, data)
+    t_duck = median_call(lambda: duckdb_kpis(con, data), 5)
+    print(f"10 KPIs by month and channel: tally {t_tally:.3f} s, DuckDB {t_duck:.3f} s, "
+          f"tally/DuckDB = {t_tally / t_duck:.2f} (goal <= 1)")
+
+
+def one_against_twenty(project):
+    extra = []
+    for i in range(20):
+        kind = i % 4
+        if kind == 0:
+            expr = f'count(enquiries where customer_id > {i * 100})'
+        elif kind == 1:
+            expr = f'count(enquiries where channel = "phone" and customer_id > {i})'
+        elif kind == 2:
+            expr = f'count(enquiries where service = "plumbing" or region = "north" and customer_id < {1000000 - i})'
+        else:
+            expr = f'count(enquiries where created_at >= 2024-0{1 + i % 9}-01)'
+        extra.append(f"metric bench_{i} = {expr}")
+    (project / "metrics" / "bench.tally").write_text("\n".join(extra) + "\n")
+    one = [TALLY, "query", "bench_0", "--by", "month", "--project", project]
+    twenty = [TALLY, "query", *[f"bench_{i}" for i in range(20)], "--by", "month", "--project", project]
+    subprocess.run(twenty, check=True, stdout=subprocess.DEVNULL)
+    t1 = median_time(one, 5)
+    t20 = median_time(twenty, 5)
+    print(f"1 metric {t1:.3f} s, 20 metrics on the same source {t20:.3f} s: ratio {t20 / t1:.2f} (goal <= 1.5)")
+
+
+def main():
+    if not TALLY.exists():
+        sys.exit("build first: cargo build --release")
+    OUT.mkdir(parents=True, exist_ok=True)
+    thousand_metrics()
+    data, project = big_project()
+    kpis(data, project)
+    one_against_twenty(project)
+
+
+if __name__ == "__main__":
+    main()
