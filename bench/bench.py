@@ -84,8 +84,8 @@ def big_project():
     for f in (ROOT / "metrics").iterdir():
         text = f.read_text().replace(".csv", ".parquet")
         (project / "metrics" / f.name).write_text(text)
-    rows = duckdb.sql(f"SELECT count(*) FROM '{data}/enquiries.parquet'").fetchone()[0]
-    jobs = duckdb.sql(f"SELECT count(*) FROM '{data}/jobs.parquet'").fetchone()[0]
+    rows = duckdb.sql(f"SELECT count(*) FROM '{data}/enquiries.parquet'").fetchall()[0][0]
+    jobs = duckdb.sql(f"SELECT count(*) FROM '{data}/jobs.parquet'").fetchall()[0][0]
     print(f"data: {rows:,} enquiries, {jobs:,} jobs (scale {SCALE}), {THREADS} threads")
     return data, project
 

@@ -127,9 +127,10 @@ fn parse_args() -> Result<Args, String> {
             "--scale" => a.scale = value()?.parse().map_err(|_| "--scale takes a number")?,
             "--seed" => a.seed = value()?.parse().map_err(|_| "--seed takes a number")?,
             "--days" => a.days = value()?.parse().map_err(|_| "--days takes a number")?,
+            "--parquet" => a.parquet = true,
             other => {
                 return Err(format!(
-                    "unknown flag {other}; flags: --out DIR --scale N --seed N --days N"
+                    "unknown flag {other}; flags: --out DIR --scale N --seed N --days N --parquet"
                 ));
             }
         }

@@ -408,9 +408,8 @@ async fn query(
         Ok(q) => q,
         Err(d) => return Outcome::diagnostics(&l.project.files, &[d], color),
     };
-    let calendar = l.project.settings.calendar();
     let metric_ids = q.metrics.clone();
-    match run::query(&l.ctx, &l.model, &l.project.files, &calendar, q).await {
+    match run::query(&l.ctx, &l.model, &l.project.files, &l.project.settings, q).await {
         Ok(table) => {
             let formats: Vec<_> = metric_ids.iter().map(|&m| l.model.metrics[m].format.clone()).collect();
             let stdout = match format {

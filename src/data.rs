@@ -72,6 +72,50 @@ impl SourceData {
     }
 }
 
+impl SourceData {
+    /// A fingerprint of the files a source reads: their paths, sizes and modification times.
+    /// It changes whenever a file is added, removed or rewritten.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let text = self.path.to_string_lossy();
+        let base = if is_glob(&text) {
+            // The folder the glob starts from: a superset of the files it matches.
+            self.path
+                .ancestors()
+                .find(|p| !is_glob(&p.to_string_lossy()))
+                .unwrap_or(&self.path)
+                .to_path_buf()
+        } else {
+            self.path.clone()
+        };
+        let mut files = Vec::new();
+        list_files(&base, &mut files);
+        files.sort();
+        let mut hash = Sha256::new();
+        for f in files {
+            let meta = std::fs::metadata(&f).ok();
+            let size = meta.as_ref().map(|m| m.len()).unwrap_or(0);
+            let modified = meta
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            hash.update(format!("{}\0{size}\0{modified}\n", f.display()).as_bytes());
+        }
+        format!("{:x}", hash.finalize())
+    }
+}
+
+fn list_files(p: &Path, out: &mut Vec<PathBuf>) {
+    if p.is_file() {
+        out.push(p.to_path_buf());
+    } else if let Ok(entries) = std::fs::read_dir(p) {
+        for e in entries.flatten() {
+            list_files(&e.path(), out);
+        }
+    }
+}
+
 /// Builds the one DataFusion session tally uses: memory limit, threads.
 pub fn session(settings: &Settings) -> Result<SessionContext, Diagnostic> {
     let mut config = SessionConfig::new().with_information_schema(false);
@@ -215,11 +259,7 @@ pub async fn open(
     }
     let url = ListingTableUrl::parse(&url_text)
         .map_err(|e| Diagnostic::data("E0406", format!("cannot read `{written}`: {e}")).at(span, "here"))?;
-    let partitions = if is_dir {
-        hive_partitions(&path, kind)
-    } else {
-        Vec::new()
-    };
+    let partitions = if is_dir { hive_partitions(&path) } else { Vec::new() };
     let extension = if glob || !is_dir {
         // A single file or glob: take the files as named, whatever their extension.
         String::new()
@@ -282,9 +322,8 @@ fn first_file(dir: &Path) -> Option<PathBuf> {
 }
 
 /// Hive partition columns (`year=2026/month=01/...`) along the path to the first data file.
-fn hive_partitions(dir: &Path, kind: FileKind) -> Vec<String> {
+fn hive_partitions(dir: &Path) -> Vec<String> {
     let Some(file) = first_file(dir) else { return Vec::new() };
-    let _ = kind;
     let Ok(rel) = file.strip_prefix(dir) else {
         return Vec::new();
     };

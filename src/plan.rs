@@ -10,7 +10,7 @@ use crate::diagnostic::Diagnostic;
 use crate::model::{Agg, DimensionId, Func, MeasureId, MetricId, Model, RowExpr, RowKind, SourceId, ValueType};
 use crate::span::Files;
 use crate::time::{Calendar, Grain, to_days};
-use chrono::NaiveDate;
+use chrono::{NaiveDate, TimeZone};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::{Column, JoinType, ScalarValue, TableReference};
 use datafusion::datasource::provider_as_source;
@@ -226,14 +226,15 @@ fn scan_plan(
         .at(src.span, "declare `time: COLUMN` to break it down by period")
         .note("query it without --by, --from and --to"));
     }
-    let day_of = |t: &crate::model::TimeColumn| local_day(model, source, &t.name, calendar);
+    let time_of = |t: &crate::model::TimeColumn| time_value(model, source, &t.name);
     if let Some(t) = time {
-        let day = day_of(t);
+        let tv = time_of(t);
         if let Some(from) = query.from {
-            conditions.push(day.clone().gt_eq(date_lit(from)));
+            conditions.push(tv.expr.clone().gt_eq(day_starts(&tv, from, calendar)));
         }
         if let Some(to) = query.to {
-            conditions.push(day.lt_eq(date_lit(to)));
+            let next = to + chrono::Days::new(1);
+            conditions.push(tv.expr.clone().lt(day_starts(&tv, next, calendar)));
         }
     }
     if let Some(f) = filter {
@@ -245,7 +246,7 @@ fn scan_plan(
 
     let mut group = Vec::new();
     if let (Some(g), Some(t)) = (query.grain, time) {
-        group.push(period_expr(day_of(t), g, calendar).alias(PERIOD));
+        group.push(period_expr(&time_of(t), g, calendar).alias(PERIOD));
     }
     for (i, d) in dims.into_iter().enumerate() {
         group.push(d.alias(dim_column(i)));
@@ -292,37 +293,81 @@ fn date_lit(d: NaiveDate) -> Expr {
     lit(ScalarValue::Date32(Some(to_days(d))))
 }
 
-/// The calendar day of a time column, as a Date32. With a project time zone, timestamps
-/// are instants (naive ones taken as UTC) and their day is the local day in that zone.
-fn local_day(model: &Model, source: SourceId, name: &str, calendar: &Calendar) -> Expr {
-    let e = column(model, source, name);
+/// A time column as the planner sees it: its expression and type.
+struct TimeValue {
+    expr: Expr,
+    data_type: DataType,
+}
+
+fn time_value(model: &Model, source: SourceId, name: &str) -> TimeValue {
     let data_type = model.sources[source]
         .data
         .schema
         .field_with_name(name)
-        .map(|f| f.data_type().clone());
-    match (data_type, calendar.time_zone) {
-        (Ok(DataType::Timestamp(unit, stored)), Some(tz)) => {
-            let utc = match stored {
-                Some(_) => e,
-                None => cast(e, DataType::Timestamp(unit, Some("UTC".into()))),
-            };
-            let zoned = cast(utc, DataType::Timestamp(unit, Some(tz.name().into())));
-            // to_local_time: the wall-clock time in that zone, as a naive timestamp.
-            cast(func::to_local_time(vec![zoned]), DataType::Date32)
-        }
-        _ => cast(e, DataType::Date32),
+        .map(|f| f.data_type().clone())
+        .unwrap_or(DataType::Date32);
+    TimeValue {
+        expr: column(model, source, name),
+        data_type,
     }
 }
 
-/// The first day of the period a day falls in, as a Date32.
-pub fn period_expr(day: Expr, grain: Grain, calendar: &Calendar) -> Expr {
+/// `time >= first moment of day` as an expression on the raw column, so that no per-row
+/// conversion is needed and Parquet statistics can prune row groups. With a project time
+/// zone, a day starts at local midnight (naive timestamps are UTC instants).
+fn day_starts(t: &TimeValue, day: NaiveDate, calendar: &Calendar) -> Expr {
+    match &t.data_type {
+        DataType::Timestamp(unit, stored) => {
+            let midnight = day.and_hms_opt(0, 0, 0).expect("midnight");
+            let instant = match calendar.time_zone {
+                Some(tz) => tz
+                    .from_local_datetime(&midnight)
+                    .earliest()
+                    .map(|d| d.naive_utc())
+                    .unwrap_or(midnight),
+                None => midnight,
+            };
+            let micros = instant.and_utc().timestamp_micros();
+            let value = match unit {
+                TimeUnit::Second => ScalarValue::TimestampSecond(Some(micros / 1_000_000), stored.clone()),
+                TimeUnit::Millisecond => ScalarValue::TimestampMillisecond(Some(micros / 1_000), stored.clone()),
+                TimeUnit::Microsecond => ScalarValue::TimestampMicrosecond(Some(micros), stored.clone()),
+                TimeUnit::Nanosecond => ScalarValue::TimestampNanosecond(Some(micros * 1_000), stored.clone()),
+            };
+            lit(value)
+        }
+        DataType::Date64 => lit(ScalarValue::Date64(Some(
+            day.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis(),
+        ))),
+        _ => date_lit(day),
+    }
+}
+
+/// The period key of a time value: the start of its period, as a timestamp or a date
+/// (`run` reads either as a date). Truncating the raw timestamp is several times cheaper
+/// than converting every row to a date first.
+fn period_expr(t: &TimeValue, grain: Grain, calendar: &Calendar) -> Expr {
+    let local = match (&t.data_type, calendar.time_zone) {
+        (DataType::Timestamp(unit, stored), Some(tz)) => {
+            let utc = match stored {
+                Some(_) => t.expr.clone(),
+                None => cast(t.expr.clone(), DataType::Timestamp(*unit, Some("UTC".into()))),
+            };
+            let zoned = cast(utc, DataType::Timestamp(*unit, Some(tz.name().into())));
+            // to_local_time: the wall-clock time in that zone, as a naive timestamp.
+            func::to_local_time(vec![zoned])
+        }
+        (DataType::Timestamp(..), None) => t.expr.clone(),
+        _ => cast(t.expr.clone(), DataType::Timestamp(TimeUnit::Second, None)),
+    };
+    let trunc = |unit: &str, e: Expr| func::date_trunc(lit(unit), e);
     match grain {
-        Grain::Day => day,
+        Grain::Day => trunc("day", local),
+        Grain::Week if calendar.week_start == chrono::Weekday::Mon => trunc("week", local),
         Grain::Week => {
-            // Days since 1970-01-01 (a Thursday), stepped back to the week's first day.
-            let n = cast(day, DataType::Int32);
-            let anchor = 3 + calendar.week_start.num_days_from_monday() as i32 + 1; // 1970-01-05 is a Monday
+            // Days since 1970-01-01, stepped back to the configured first day of the week.
+            let n = cast(cast(local, DataType::Date32), DataType::Int32);
+            let anchor = 4 + calendar.week_start.num_days_from_monday() as i32; // 1970-01-05 is a Monday
             let back = ((n.clone() - lit(anchor)) % lit(7) + lit(7)) % lit(7);
             cast(n - back, DataType::Date32)
         }
@@ -332,23 +377,18 @@ pub fn period_expr(day: Expr, grain: Grain, calendar: &Calendar) -> Expr {
                 Grain::Quarter => 3,
                 _ => 12,
             };
-            let shift = (calendar.fiscal_year_start as i32 - 1) % months;
             let unit = match grain {
                 Grain::Month => "month",
                 Grain::Quarter => "quarter",
                 _ => "year",
             };
-            let shifted = if shift == 0 {
-                day
-            } else {
-                day - lit(ScalarValue::IntervalYearMonth(Some(shift)))
-            };
-            let ts = cast(shifted, DataType::Timestamp(TimeUnit::Second, None));
-            let start = cast(func::date_trunc(lit(unit), ts), DataType::Date32);
+            // A fiscal year starting in April: shift back 3 months, truncate, shift forward.
+            let shift = (calendar.fiscal_year_start as i32 - 1) % months;
             if shift == 0 {
-                start
+                trunc(unit, local)
             } else {
-                start + lit(ScalarValue::IntervalYearMonth(Some(shift)))
+                let months = |n| lit(ScalarValue::IntervalYearMonth(Some(n)));
+                trunc(unit, local - months(shift)) + months(shift)
             }
         }
     }

@@ -9,7 +9,8 @@ use crate::data::clean_error;
 use crate::diagnostic::Diagnostic;
 use crate::model::{Formula, MeasureId, MetricId, Model};
 use crate::plan::{self, QueryPlan};
-use crate::time::{Calendar, Grain, from_days};
+use crate::settings::Settings;
+use crate::time::{Grain, from_days};
 use chrono::NaiveDate;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
@@ -44,10 +45,15 @@ type Key = (Option<i32>, Vec<Option<String>>);
 pub async fn execute(
     ctx: &SessionContext,
     model: &Model,
-    calendar: &Calendar,
+    settings: &Settings,
     plan: &QueryPlan,
 ) -> Result<ResultTable, Diagnostic> {
+    let calendar = &settings.calendar();
     let checks = plan.key_checks.iter().map(|k| async move {
+        let remembered = KeyCheckCache::new(settings, model, k);
+        if remembered.as_ref().is_some_and(|c| c.passed()) {
+            return Ok(());
+        }
         let batches = collect(ctx, k.plan.clone(), model, k.source).await?;
         let join = &model.sources[k.source].joins[k.join];
         let target = &model.sources[join.target];
@@ -69,6 +75,9 @@ pub async fn execute(
                 join.target_column, target.data.display
             )));
         }
+        if let Some(c) = remembered {
+            c.remember();
+        }
         Ok(())
     });
     futures::future::try_join_all(checks).await?;
@@ -84,7 +93,9 @@ pub async fn execute(
             let mut col = 0;
             let periods = if has_period {
                 col += 1;
-                Some(cast(batch.column(0), &DataType::Int32).map_err(arrow_error)?)
+                // A timestamp or a date: the day it starts on.
+                let day = cast(batch.column(0), &DataType::Date32).map_err(arrow_error)?;
+                Some(cast(&day, &DataType::Int32).map_err(arrow_error)?)
             } else {
                 None
             };
@@ -96,11 +107,8 @@ pub async fn execute(
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(arrow_error)?;
             col += ndims;
-            let measure_arrays = scan
-                .measures
-                .iter()
-                .enumerate()
-                .map(|(i, _)| cast(batch.column(col + i), &DataType::Float64))
+            let measure_arrays = (0..scan.measures.len())
+                .map(|i| cast(batch.column(col + i), &DataType::Float64))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(arrow_error)?;
             for row in 0..batch.num_rows() {
@@ -282,9 +290,42 @@ pub async fn query(
     ctx: &SessionContext,
     model: &Model,
     files: &crate::span::Files,
-    calendar: &Calendar,
+    settings: &Settings,
     query: plan::Query,
 ) -> Result<ResultTable, Diagnostic> {
-    let plan = plan::build(model, files, calendar, query)?;
-    execute(ctx, model, calendar, &plan).await
+    let plan = plan::build(model, files, &settings.calendar(), query)?;
+    execute(ctx, model, settings, &plan).await
+}
+
+/// Passed key checks, remembered per data fingerprint: a check of unchanged data (same
+/// files, sizes and modification times) is not run again. Failures are never remembered.
+struct KeyCheckCache {
+    file: std::path::PathBuf,
+}
+
+impl KeyCheckCache {
+    fn new(settings: &Settings, model: &Model, k: &plan::KeyCheck) -> Option<KeyCheckCache> {
+        use sha2::{Digest, Sha256};
+        let dir = settings.cache.as_ref()?;
+        let join = &model.sources[k.source].joins[k.join];
+        let target = &model.sources[join.target];
+        let mut hash = Sha256::new();
+        hash.update(format!("unique-key v1\0{}\0{}", target.data.fingerprint(), join.target_column).as_bytes());
+        Some(KeyCheckCache {
+            file: dir.join("key-checks").join(format!("{:x}", hash.finalize())),
+        })
+    }
+
+    fn passed(&self) -> bool {
+        self.file.exists()
+    }
+
+    fn remember(&self) {
+        // A cache that cannot be written only costs time.
+        if let Some(dir) = self.file.parent()
+            && std::fs::create_dir_all(dir).is_ok()
+        {
+            let _ = std::fs::write(&self.file, b"unique\n");
+        }
+    }
 }

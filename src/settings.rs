@@ -29,6 +29,9 @@ pub struct SettingsFile {
     pub allow_paths: Vec<String>,
     /// Threads for query execution (default: all cores).
     pub threads: Option<usize>,
+    /// Where checks of unchanged data are remembered (default: the user's cache folder;
+    /// `off` to never remember).
+    pub cache: Option<String>,
 }
 
 /// Settings after defaults and flags are applied.
@@ -44,6 +47,7 @@ pub struct Settings {
     pub memory_limit: Option<usize>,
     pub allow_paths: Vec<PathBuf>,
     pub threads: Option<usize>,
+    pub cache: Option<PathBuf>,
 }
 
 impl Settings {
@@ -151,6 +155,14 @@ pub fn load(root: &Path, overrides: &SettingsFile, files: &mut Files) -> Result<
             }
         },
     };
+    let cache = match pick(&overrides.cache, &file.cache).as_deref() {
+        Some("off") => None,
+        Some(dir) => Some(root.join(dir)),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|c| c.join("tally")),
+    };
     let mut allow_paths: Vec<PathBuf> = file.allow_paths.iter().map(|p| root.join(p)).collect();
     allow_paths.extend(overrides.allow_paths.iter().map(|p| root.join(p)));
     if !errors.is_empty() {
@@ -167,6 +179,7 @@ pub fn load(root: &Path, overrides: &SettingsFile, files: &mut Files) -> Result<
         memory_limit,
         allow_paths,
         threads: overrides.threads.or(file.threads),
+        cache,
     })
 }
 
@@ -216,6 +229,7 @@ fn settings_error(file: FileId, text: &str, e: &serde_yaml::Error) -> Diagnostic
                 "memory_limit",
                 "allow_paths",
                 "threads",
+                "cache",
             ],
         );
     }

@@ -209,12 +209,56 @@ fn a_ragged_row_past_the_schema_sample_fails_the_query_with_its_line() {
             csv.push_str(&format!("{i},2026-01-{:02},{i}\n", i % 28 + 1));
         }
     }
-    let files: &[(&str, &[u8])] =
-        &[("late.csv", csv.as_bytes()), ("m.tally", b"source late { file: \"late.csv\" time: at }\nmetric n = count(late)\n")];
+    let files: &[(&str, &[u8])] = &[
+        ("late.csv", csv.as_bytes()),
+        (
+            "m.tally",
+            b"source late { file: \"late.csv\" time: at }\nmetric n = count(late)\n",
+        ),
+    ];
     let (code, _, _) = crate::diagnostics::run_in(files, &["check"]);
     assert_eq!(code, 0, "the sample of rows read for the schema is fine");
     let (code, _, stderr) = crate::diagnostics::run_in(files, &["query", "n"]);
     assert_eq!(code, 4);
-    assert!(stderr.contains("cannot read source `late`: incorrect number of fields for line 2502"), "{stderr}");
+    assert!(
+        stderr.contains("cannot read source `late`: incorrect number of fields for line 2502"),
+        "{stderr}"
+    );
     assert!(stderr.contains("data file: late.csv"), "{stderr}");
+}
+
+#[test]
+fn a_remembered_key_check_is_run_again_when_the_data_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::diagnostics::write_files(
+        dir.path(),
+        &[
+            ("orders.csv", b"order_id,customer\n1,alice\n2,bob\n"),
+            ("customers.csv", b"customer,segment\nalice,smb\nbob,ent\n"),
+            ("tally.yaml", b"cache: cache\n"),
+            (
+                "m.tally",
+                b"source orders { file: \"orders.csv\" join customers on customer }\nsource customers { file: \"customers.csv\" key: customer }\nmetric n = count(orders)\ndimension segment = customers.segment\n",
+            ),
+        ],
+    );
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(["query", "n", "--dim", "segment", "--color=never", "--project"])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    assert_eq!(run(), Some(0));
+    let remembered = std::fs::read_dir(dir.path().join("cache/key-checks")).unwrap().count();
+    assert_eq!(remembered, 1, "the passed check is remembered");
+    assert_eq!(run(), Some(0));
+    std::fs::write(
+        dir.path().join("customers.csv"),
+        "customer,segment\nalice,smb\nbob,ent\nbob,smb\n",
+    )
+    .unwrap();
+    assert_eq!(run(), Some(4), "changed data is checked again");
 }

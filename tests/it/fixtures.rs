@@ -326,10 +326,35 @@ fn a_dimension_the_source_cannot_reach_is_refused() {
 #[test]
 fn sources_can_be_folders_with_hive_partitions_and_globs() {
     let mut env = load(&fixture("layouts"), SettingsFile::default());
-    let t = env.query(&["n", "amount"], Q { dims: &["region"], ..Q::default() });
-    let got: Vec<_> = t.rows.iter().map(|r| (r.dimensions[0].clone().unwrap(), r.values[0], r.values[1])).collect();
-    assert_eq!(got, vec![("north".to_string(), s(2.), s(15.)), ("south".to_string(), s(1.), s(7.))]);
+    let t = env.query(
+        &["n", "amount"],
+        Q {
+            dims: &["region"],
+            ..Q::default()
+        },
+    );
+    let got: Vec<_> = t
+        .rows
+        .iter()
+        .map(|r| (r.dimensions[0].clone().unwrap(), r.values[0], r.values[1]))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("north".to_string(), s(2.), s(15.)),
+            ("south".to_string(), s(1.), s(7.))
+        ]
+    );
     // The glob takes the two CSV files and leaves the notes out.
-    let t = env.query(&["days"], Q { grain: Some("day"), ..Q::default() });
-    assert_eq!(t.rows.iter().map(|r| r.values[0]).collect::<Vec<_>>(), vec![s(1.), s(1.)]);
+    let t = env.query(
+        &["days"],
+        Q {
+            grain: Some("day"),
+            ..Q::default()
+        },
+    );
+    assert_eq!(
+        t.rows.iter().map(|r| r.values[0]).collect::<Vec<_>>(),
+        vec![s(1.), s(1.)]
+    );
 }

@@ -97,8 +97,13 @@ impl Env {
             to: q.to.map(|d| d.parse().unwrap()),
             filter,
         };
-        let calendar = self.settings.calendar();
-        runtime().block_on(tally::run::query(&self.ctx, &self.model, &self.files, &calendar, query))
+        runtime().block_on(tally::run::query(
+            &self.ctx,
+            &self.model,
+            &self.files,
+            &self.settings,
+            query,
+        ))
     }
 }
 
