@@ -119,6 +119,12 @@ fn list_files(p: &Path, out: &mut Vec<PathBuf>) {
 /// Builds the one DataFusion session tally uses: memory limit, threads.
 pub fn session(settings: &Settings) -> Result<SessionContext, Diagnostic> {
     let mut config = SessionConfig::new().with_information_schema(false);
+    // Joins in tally are many-to-one lookups: one hash table of the joined side, probed by
+    // every partition, beats hash-repartitioning both sides (measured: 0.65 s to 0.54 s for
+    // 3.7 million jobs joined to 10 million enquiries on 2 cores).
+    let options = config.options_mut();
+    options.optimizer.hash_join_single_partition_threshold = 512 * 1024 * 1024;
+    options.optimizer.hash_join_single_partition_threshold_rows = 32 * 1024 * 1024;
     if let Some(t) = settings.threads {
         config = config.with_target_partitions(t.max(1));
     }
