@@ -416,17 +416,17 @@ fn filter_columns(model: &Model, measures: &[MeasureId]) -> Option<Vec<(SourceId
         if !matches!(ms.agg, Agg::Count | Agg::Sum | Agg::Min | Agg::Max | Agg::Avg) {
             return None;
         }
-        if let Some(f) = &ms.filter {
-            if !categorical(model, f, &mut columns) {
-                return None;
-            }
+        if let Some(f) = &ms.filter
+            && !categorical(f, &mut columns)
+        {
+            return None;
         }
     }
     (columns.len() <= MAX_COLUMNS).then_some(columns)
 }
 
 /// Whether an expression reads only string and boolean columns (collected into `out`).
-fn categorical(model: &Model, e: &RowExpr, out: &mut Vec<(SourceId, String)>) -> bool {
+fn categorical(e: &RowExpr, out: &mut Vec<(SourceId, String)>) -> bool {
     let mut ok = true;
     let mut visit = |x: &RowExpr| {
         if let RowKind::Column { source, name } = &x.kind {
@@ -440,7 +440,6 @@ fn categorical(model: &Model, e: &RowExpr, out: &mut Vec<(SourceId, String)>) ->
         }
     };
     walk_row(e, &mut visit);
-    let _ = model;
     ok
 }
 
