@@ -439,30 +439,8 @@ fn categorical(e: &RowExpr, out: &mut Vec<(SourceId, String)>) -> bool {
             }
         }
     };
-    walk_row(e, &mut visit);
+    e.walk(&mut visit);
     ok
-}
-
-fn walk_row(e: &RowExpr, f: &mut dyn FnMut(&RowExpr)) {
-    f(e);
-    match &e.kind {
-        RowKind::Binary(_, a, b) => {
-            walk_row(a, f);
-            walk_row(b, f);
-        }
-        RowKind::Not(a) | RowKind::Neg(a) | RowKind::IsNull { expr: a, .. } => walk_row(a, f),
-        RowKind::InList { expr, list, .. } => {
-            walk_row(expr, f);
-            list.iter().for_each(|x| walk_row(x, f));
-        }
-        RowKind::Between { expr, low, high, .. } => {
-            walk_row(expr, f);
-            walk_row(low, f);
-            walk_row(high, f);
-        }
-        RowKind::Func(_, args) => args.iter().for_each(|x| walk_row(x, f)),
-        _ => {}
-    }
 }
 
 /// Two aggregates: by period, breakdown and the filters' columns, without filters; then by

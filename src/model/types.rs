@@ -304,26 +304,37 @@ pub enum Func {
 }
 
 impl RowExpr {
-    /// Every source this expression reads a column of.
-    pub fn sources(&self, out: &mut Vec<SourceId>) {
+    /// Calls `f` on this expression and every expression inside it.
+    pub fn walk(&self, f: &mut dyn FnMut(&RowExpr)) {
+        f(self);
         match &self.kind {
-            RowKind::Column { source, .. } if !out.contains(source) => out.push(*source),
             RowKind::Binary(_, a, b) => {
-                a.sources(out);
-                b.sources(out);
+                a.walk(f);
+                b.walk(f);
             }
-            RowKind::Not(a) | RowKind::Neg(a) | RowKind::IsNull { expr: a, .. } => a.sources(out),
+            RowKind::Not(a) | RowKind::Neg(a) | RowKind::IsNull { expr: a, .. } => a.walk(f),
             RowKind::InList { expr, list, .. } => {
-                expr.sources(out);
-                list.iter().for_each(|e| e.sources(out));
+                expr.walk(f);
+                list.iter().for_each(|x| x.walk(f));
             }
             RowKind::Between { expr, low, high, .. } => {
-                expr.sources(out);
-                low.sources(out);
-                high.sources(out);
+                expr.walk(f);
+                low.walk(f);
+                high.walk(f);
             }
-            RowKind::Func(_, args) => args.iter().for_each(|e| e.sources(out)),
+            RowKind::Func(_, args) => args.iter().for_each(|x| x.walk(f)),
             _ => {}
         }
+    }
+
+    /// Every source this expression reads a column of.
+    pub fn sources(&self, out: &mut Vec<SourceId>) {
+        self.walk(&mut |x| {
+            if let RowKind::Column { source, .. } = &x.kind
+                && !out.contains(source)
+            {
+                out.push(*source)
+            }
+        });
     }
 }
