@@ -207,7 +207,10 @@ pub fn parse_bytes(text: &str) -> Option<usize> {
 fn settings_error(file: FileId, text: &str, e: &serde_yaml::Error) -> Diagnostic {
     let msg = e.to_string();
     let reason = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-    let offset = e.location().map(|l| l.index().min(text.len())).unwrap_or(0);
+    let offset = e
+        .location()
+        .map(|l| crate::span::offset_of(text, l.line(), l.column()))
+        .unwrap_or(0);
     let end = text[offset..]
         .find([':', '\n'])
         .map(|i| offset + i)

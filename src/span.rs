@@ -61,7 +61,10 @@ pub struct SourceFile {
 impl SourceFile {
     /// 1-based line and column (in characters) of a byte offset.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.text.len());
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
         let line = match self.line_starts.binary_search(&offset) {
             Ok(l) => l,
             Err(l) => l - 1,
@@ -70,6 +73,24 @@ impl SourceFile {
         let col = self.text[start..offset].chars().count() + 1;
         (line + 1, col)
     }
+}
+
+/// The byte offset of a 1-based line and character column (as YAML parsers report them),
+/// clamped to the text.
+pub fn offset_of(text: &str, line: usize, column: usize) -> usize {
+    let start: usize = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let rest = &text[start.min(text.len())..];
+    let within = rest
+        .char_indices()
+        .take_while(|(_, c)| *c != '\n')
+        .nth(column.saturating_sub(1))
+        .map(|(i, _)| i)
+        .unwrap_or_else(|| rest.find('\n').unwrap_or(rest.len()));
+    (start + within).min(text.len())
 }
 
 /// All definition files of a project; spans point into it.

@@ -376,9 +376,8 @@ fn yaml_error(file: FileId, text: &str, e: &serde_yaml::Error) -> Diagnostic {
     let msg = e.to_string();
     let (offset, line_text) = match e.location() {
         Some(l) => {
-            let off = l.index().min(text.len());
             let line = text.lines().nth(l.line().saturating_sub(1)).unwrap_or("");
-            (off, line)
+            (crate::span::offset_of(text, l.line(), l.column()), line)
         }
         None => (0, ""),
     };

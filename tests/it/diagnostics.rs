@@ -222,3 +222,8 @@ fn json_and_github_formats() {
     assert_eq!(code, 3);
     insta::assert_snapshot!("check_github", stdout);
 }
+case!(non_ascii_text_before_an_error, &[
+    ("s.tally", SOURCE.as_bytes()),
+    ("m.yaml", "metrics:\n  umsätze:\n    label: Umsätze — «brutto» 💶\n    expr: sum(orders.amount where status = \"bezahlt\") + ümlaut\n    unbekannt: ja\n".as_bytes()),
+    ("n.tally", "metric größe \"Größe\" = count(orders where status = \"ä\" and ?)\n".as_bytes()),
+]);
