@@ -54,7 +54,7 @@ pub async fn execute(
         if remembered.as_ref().is_some_and(|c| c.passed()) {
             return Ok(());
         }
-        let batches = collect(ctx, k.plan.clone(), model, k.source).await?;
+        let batches = collect(ctx, k.plan.clone(), model, k.source, settings.memory_limit).await?;
         let join = &model.sources[k.source].joins[k.join];
         let target = &model.sources[join.target];
         if let Some(b) = batches.iter().find(|b| b.num_rows() > 0) {
@@ -82,7 +82,10 @@ pub async fn execute(
     });
     futures::future::try_join_all(checks).await?;
 
-    let scans = plan.scans.iter().map(|s| collect(ctx, s.plan.clone(), model, s.source));
+    let scans = plan
+        .scans
+        .iter()
+        .map(|s| collect(ctx, s.plan.clone(), model, s.source, settings.memory_limit));
     let results = futures::future::try_join_all(scans).await?;
 
     let ndims = plan.query.dimensions.len();
@@ -251,12 +254,27 @@ async fn collect(
     plan: datafusion::logical_expr::LogicalPlan,
     model: &Model,
     source: crate::model::SourceId,
+    memory_limit: Option<usize>,
 ) -> Result<Vec<RecordBatch>, Diagnostic> {
-    let df = ctx
-        .execute_logical_plan(plan)
-        .await
-        .map_err(|e| execution_error(e, model, source))?;
-    df.collect().await.map_err(|e| execution_error(e, model, source))
+    let fail = |e| execution_error(e, model, source, memory_limit);
+    let df = ctx.execute_logical_plan(plan).await.map_err(fail)?;
+    df.collect().await.map_err(fail)
+}
+
+/// `2000000000` → `2.0 GB`.
+fn human_bytes(n: usize) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < units.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
 }
 
 fn arrow_error(e: datafusion::arrow::error::ArrowError) -> Diagnostic {
@@ -264,14 +282,20 @@ fn arrow_error(e: datafusion::arrow::error::ArrowError) -> Diagnostic {
 }
 
 /// Execution errors name the source and its data file; memory errors name the limit.
-fn execution_error(e: DataFusionError, model: &Model, source: crate::model::SourceId) -> Diagnostic {
+fn execution_error(
+    e: DataFusionError,
+    model: &Model,
+    source: crate::model::SourceId,
+    memory_limit: Option<usize>,
+) -> Diagnostic {
     let src = &model.sources[source];
     let msg = e.strip_backtrace();
     if msg.contains("Resources exhausted") || matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) {
         return Diagnostic::data(
             "E0803",
             format!(
-                "the query needs more memory than the memory limit allows: {}",
+                "the query needs more memory than the memory limit of {} allows: {}",
+                memory_limit.map(human_bytes).unwrap_or_else(|| "this machine".into()),
                 clean_error(&msg)
             ),
         )

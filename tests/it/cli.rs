@@ -181,7 +181,10 @@ fn memory_limit_is_applied_and_named_when_exceeded() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
-    assert!(stderr.contains("more memory than the memory limit"), "{stderr}");
+    assert!(
+        stderr.contains("more memory than the memory limit of 200.0 KB allows"),
+        "{stderr}"
+    );
     // With room, the same query works.
     let out = Command::new(env!("CARGO_BIN_EXE_tally"))
         .args([
