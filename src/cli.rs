@@ -202,7 +202,7 @@ pub async fn run(cli: Cli) -> Outcome {
                 Ok(l) => l,
                 Err(o) => return o,
             };
-            explain(loaded, &metric, by.as_deref(), &dims, color)
+            explain(loaded, &metric, by.as_deref(), &dims, color).await
         }
         Command::List { format } => {
             let loaded = match load(&cli.global, color).await {
@@ -426,7 +426,7 @@ async fn query(
     }
 }
 
-fn explain(l: Loaded, metric: &str, by: Option<&str>, dims: &[String], color: bool) -> Outcome {
+async fn explain(l: Loaded, metric: &str, by: Option<&str>, dims: &[String], color: bool) -> Outcome {
     let q = (|| -> Result<Query, Diagnostic> {
         Ok(Query {
             metrics: metric_ids(&l.model, &[metric.to_string()])?,
@@ -462,7 +462,13 @@ fn explain(l: Loaded, metric: &str, by: Option<&str>, dims: &[String], color: bo
         ));
         out.push_str("\nlogical plan:\n");
         match plan::optimize(&l.ctx, &scan.plan) {
-            Ok(p) => out.push_str(&format!("{}\n", p.display_indent())),
+            Ok(p) => {
+                out.push_str(&format!("{}\n", p.display_indent()));
+                if let Ok(physical) = l.ctx.state().create_physical_plan(&p).await {
+                    let shown = datafusion::physical_plan::displayable(physical.as_ref()).indent(false);
+                    out.push_str(&format!("\nphysical plan:\n{shown}"));
+                }
+            }
             Err(_) => out.push_str(&format!("{}\n", scan.plan.display_indent())),
         }
         out.push_str("\nSQL:\n");
