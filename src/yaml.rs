@@ -123,14 +123,10 @@ pub fn parse_file(file: FileId, text: &str) -> (Definitions, Vec<Diagnostic>) {
         );
         return (defs, diags);
     }
-    let parsed: YamlFile = match serde_yaml::from_str(text) {
-        Ok(p) => p,
-        Err(e) => {
-            diags.push(yaml_error(file, text, &e));
-            return (defs, diags);
-        }
-    };
     let loc = Locator::new(text);
+    let Some(parsed) = read(file, text, &loc, &mut diags) else {
+        return (defs, diags);
+    };
     let ctx = Ctx { file, text, loc: &loc };
 
     for (name, s) in parsed.sources {
@@ -287,6 +283,149 @@ pub fn parse_file(file: FileId, text: &str) -> (Definitions, Vec<Diagnostic>) {
     (defs, diags)
 }
 
+/// The top-level keys of a definition file.
+const SECTIONS: &[&str] = &["sources", "dimensions", "metrics", "targets", "alerts", "reports"];
+
+/// Reads a file section by section and entry by entry, so that every entry with an unknown
+/// key or a wrong type is reported, not only the first of the file.
+fn read(file: FileId, text: &str, loc: &Locator, diags: &mut Vec<Diagnostic>) -> Option<YamlFile> {
+    let value: serde_yaml::Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            diags.push(yaml_error(file, text, &e));
+            return None;
+        }
+    };
+    let mut out = YamlFile {
+        sources: IndexMap::new(),
+        dimensions: IndexMap::new(),
+        metrics: IndexMap::new(),
+        targets: None,
+        alerts: None,
+        reports: None,
+    };
+    let at = |path: &[&str]| match loc.get(path) {
+        Some(e) => Span::new(file, e.key_start, e.key_end),
+        None => Span::new(file, 0, 0),
+    };
+    let Some(map) = value.as_mapping() else {
+        diags.push(
+            Diagnostic::error("E0204", "a definition file is a mapping of sections")
+                .at(Span::new(file, 0, 0), "not a mapping")
+                .note(format!("sections: {}", SECTIONS.join(", "))),
+        );
+        return None;
+    };
+    for (k, v) in map {
+        let Some(key) = k.as_str() else {
+            diags.push(Diagnostic::error("E0204", "section names are words").at(Span::new(file, 0, 0), "here"));
+            continue;
+        };
+        match key {
+            "sources" => out.sources = entries(file, loc, "sources", v, diags),
+            "metrics" => out.metrics = entries(file, loc, "metrics", v, diags),
+            "dimensions" => {
+                let raw: IndexMap<String, serde_yaml::Value> = entries(file, loc, "dimensions", v, diags);
+                for (name, d) in raw {
+                    let parsed = match d {
+                        serde_yaml::Value::String(e) => Ok(YamlDimension::Expr(e)),
+                        other => serde_yaml::from_value(other).map(YamlDimension::Full),
+                    };
+                    match parsed {
+                        Ok(d) => {
+                            out.dimensions.insert(name, d);
+                        }
+                        Err(e) => diags.push(entry_error(file, loc, &["dimensions", name.as_str()], &e)),
+                    }
+                }
+            }
+            "targets" => out.targets = Some(v.clone()),
+            "alerts" => out.alerts = Some(entries(file, loc, "alerts", v, diags)),
+            "reports" => out.reports = Some(entries(file, loc, "reports", v, diags)),
+            other => diags.push(
+                Diagnostic::error("E0203", format!("unknown key `{other}`"))
+                    .at(at(&[other]), "unknown keys are errors")
+                    .suggest(other, SECTIONS.iter().copied())
+                    .note(format!("keys here: {}", SECTIONS.join(", "))),
+            ),
+        }
+    }
+    Some(out)
+}
+
+/// The entries of a section (`name: definition`), each read alone.
+fn entries<T: serde::de::DeserializeOwned>(
+    file: FileId,
+    loc: &Locator,
+    section: &str,
+    value: &serde_yaml::Value,
+    diags: &mut Vec<Diagnostic>,
+) -> IndexMap<String, T> {
+    let mut out = IndexMap::new();
+    if value.is_null() {
+        return out;
+    }
+    let Some(map) = value.as_mapping() else {
+        let span = loc
+            .get(&[section])
+            .map(|e| Span::new(file, e.key_start, e.key_end))
+            .unwrap_or(Span::new(file, 0, 0));
+        diags.push(
+            Diagnostic::error("E0204", format!("`{section}` is a mapping of names to definitions"))
+                .at(span, "not a mapping"),
+        );
+        return out;
+    };
+    for (k, v) in map {
+        let name = match k {
+            serde_yaml::Value::String(s) => s.clone(),
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::Bool(b) => b.to_string(),
+            _ => {
+                diags.push(
+                    Diagnostic::error("E0204", format!("names in `{section}` are words"))
+                        .at(Span::new(file, 0, 0), "here"),
+                );
+                continue;
+            }
+        };
+        match serde_yaml::from_value::<T>(v.clone()) {
+            Ok(t) => {
+                out.insert(name, t);
+            }
+            Err(e) => diags.push(entry_error(file, loc, &[section, name.as_str()], &e)),
+        }
+    }
+    out
+}
+
+/// An entry that does not fit its type: an unknown key (pointed at), or a wrong value.
+fn entry_error(file: FileId, loc: &Locator, path: &[&str], e: &serde_yaml::Error) -> Diagnostic {
+    let reason = e.to_string();
+    let span_of = |p: &[&str]| loc.get(p).map(|e| Span::new(file, e.key_start, e.key_end));
+    let entry = span_of(path).unwrap_or(Span::new(file, 0, 0));
+    if let Some(unknown) = between(&reason, "unknown field `", "`") {
+        let expected: Vec<String> = reason
+            .split("expected ")
+            .nth(1)
+            .map(|s| {
+                s.split(',')
+                    .map(|w| w.trim().trim_start_matches("one of ").trim_matches('`').to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let key_path: Vec<&str> = path.iter().copied().chain([unknown]).collect();
+        let mut d = Diagnostic::error("E0203", format!("unknown key `{unknown}`"))
+            .at(span_of(&key_path).unwrap_or(entry), "unknown keys are errors")
+            .suggest(unknown, expected.iter().map(|s| s.as_str()));
+        if !expected.is_empty() {
+            d = d.note(format!("keys here: {}", expected.join(", ")));
+        }
+        return d;
+    }
+    Diagnostic::error("E0204", format!("invalid `{}`: {reason}", path.join("."))).at(entry, "does not fit")
+}
+
 struct Ctx<'a> {
     file: FileId,
     text: &'a str,
@@ -395,26 +534,6 @@ fn yaml_error(file: FileId, text: &str, e: &serde_yaml::Error) -> Diagnostic {
         d.code = "E0202";
         d = d.note("YAML is indented with spaces; this line has a tab");
     }
-    if let Some(unknown) = between(&reason, "unknown field `", "`") {
-        d.code = "E0203";
-        d.message = format!("unknown key `{unknown}`");
-        let expected: Vec<String> = reason
-            .split("expected ")
-            .nth(1)
-            .map(|s| {
-                s.split(',')
-                    .map(|w| w.trim().trim_start_matches("one of ").trim_matches('`').to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        d = d.suggest(unknown, expected.iter().map(|s| s.as_str()));
-        if !expected.is_empty() {
-            d = d.note(format!("keys here: {}", expected.join(", ")));
-        }
-        if let Some(p) = d.primary.as_mut() {
-            p.message = "unknown keys are errors".into();
-        }
-    }
     d
 }
 
@@ -430,7 +549,7 @@ pub struct Locator {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Entry {
+pub(crate) struct Entry {
     key_start: usize,
     key_end: usize,
     value_start: usize,
@@ -499,7 +618,7 @@ impl Locator {
         Locator { entries }
     }
 
-    fn get(&self, path: &[&str]) -> Option<Entry> {
+    pub(crate) fn get(&self, path: &[&str]) -> Option<Entry> {
         self.entries.get(&path.join("\u{1}")).copied()
     }
 }

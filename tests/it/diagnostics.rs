@@ -227,3 +227,10 @@ case!(non_ascii_text_before_an_error, &[
     ("m.yaml", "metrics:\n  umsätze:\n    label: Umsätze — «brutto» 💶\n    expr: sum(orders.amount where status = \"bezahlt\") + ümlaut\n    unbekannt: ja\n".as_bytes()),
     ("n.tally", "metric größe \"Größe\" = count(orders where status = \"ä\" and ?)\n".as_bytes()),
 ]);
+case!(every_bad_entry_of_a_yaml_file_is_reported, &[
+    ("s.tally", SOURCE.as_bytes()),
+    (
+        "m.yaml",
+        b"metrics:\n  a:\n    expr: count(orders)\n    lable: A\n  b:\n    expr: count(orders)\n    fromat: percent\n  c:\n    label: no expression\ndimensions:\n  d:\n    expr: orders.status\n    colour: red\nsoruces: {}\n",
+    ),
+]);
