@@ -73,6 +73,31 @@ impl SourceData {
 }
 
 impl SourceData {
+    /// The total size of the files a source reads, in bytes.
+    pub fn size(&self) -> u64 {
+        let mut files = Vec::new();
+        list_files(&self.base(), &mut files);
+        files
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// The file or folder a source reads; for a glob, the folder it starts from.
+    fn base(&self) -> PathBuf {
+        let text = self.path.to_string_lossy();
+        if is_glob(&text) {
+            self.path
+                .ancestors()
+                .find(|p| !is_glob(&p.to_string_lossy()))
+                .unwrap_or(&self.path)
+                .to_path_buf()
+        } else {
+            self.path.clone()
+        }
+    }
+
     /// A fingerprint of the files a source reads: their paths, sizes and modification times.
     /// It changes whenever a file is added, removed or rewritten.
     pub fn fingerprint(&self) -> String {

@@ -169,7 +169,7 @@ fn scan_plan(
             .also(src.span, "declare a many-to-one join in this source"));
         }
         needed.extend(used);
-        dims.push(row_expr(model, &dim.expr));
+        dims.push(&dim.expr);
     }
     let filter = match &query.filter {
         Some(f) => {
@@ -181,7 +181,7 @@ fn scan_plan(
                 ))
             })?;
             r.sources(&mut needed);
-            Some(row_expr(model, &r))
+            Some(r)
         }
         None => None,
     };
@@ -195,23 +195,6 @@ fn scan_plan(
             }
         }
     }
-    let mut builder = scan(model, source)?;
-    for &(from, j) in &edges {
-        let join = &model.sources[from].joins[j];
-        let target = scan(model, join.target)?.build().map_err(internal)?;
-        builder = builder
-            .join(
-                target,
-                JoinType::Left,
-                (
-                    vec![column_ref(model, from, &join.column)],
-                    vec![column_ref(model, join.target, &join.target_column)],
-                ),
-                None,
-            )
-            .map_err(internal)?;
-    }
-
     let mut conditions = Vec::new();
     let time = src.time.as_ref();
     if (query.from.is_some() || query.to.is_some() || query.grain.is_some()) && time.is_none() {
@@ -237,19 +220,30 @@ fn scan_plan(
             conditions.push(tv.expr.clone().lt(day_starts(&tv, next, calendar)));
         }
     }
-    if let Some(f) = filter {
-        conditions.push(f);
+    if let Some(f) = &filter {
+        conditions.push(row_expr(model, f));
     }
-    if let Some(c) = conditions.into_iter().reduce(Expr::and) {
-        builder = builder.filter(c).map_err(internal)?;
+    let condition = conditions.into_iter().reduce(Expr::and);
+    let period = match (query.grain, time) {
+        (Some(g), Some(t)) => Some(period_expr(&time_of(t), g, calendar).alias(PERIOD)),
+        _ => None,
+    };
+
+    if aggregates_before_joins(model, source, &edges, measures, filter.as_ref()) {
+        let plan = aggregate_then_join(model, source, &edges, condition, period, &dims, measures)?;
+        return Ok((plan, edges));
     }
 
-    let mut group = Vec::new();
-    if let (Some(g), Some(t)) = (query.grain, time) {
-        group.push(period_expr(&time_of(t), g, calendar).alias(PERIOD));
+    let mut builder = scan(model, source)?;
+    for &(from, j) in &edges {
+        builder = join(model, builder, from, j)?;
     }
+    if let Some(c) = condition {
+        builder = builder.filter(c).map_err(internal)?;
+    }
+    let mut group: Vec<Expr> = period.into_iter().collect();
     for (i, d) in dims.into_iter().enumerate() {
-        group.push(d.alias(dim_column(i)));
+        group.push(row_expr(model, d).alias(dim_column(i)));
     }
     let plan = match filter_columns(model, measures) {
         Some(columns) => pre_aggregated(model, builder, group, columns, measures)?,
@@ -265,6 +259,169 @@ fn scan_plan(
         }
     };
     Ok((plan, edges))
+}
+
+/// Left-joins the target of join `j` of source `from`.
+fn join(model: &Model, builder: LogicalPlanBuilder, from: SourceId, j: usize) -> Result<LogicalPlanBuilder> {
+    let join = &model.sources[from].joins[j];
+    let target = scan(model, join.target)?.build().map_err(internal)?;
+    builder
+        .join(
+            target,
+            JoinType::Left,
+            (
+                vec![column_ref(model, from, &join.column)],
+                vec![column_ref(model, join.target, &join.target_column)],
+            ),
+            None,
+        )
+        .map_err(internal)
+}
+
+/// Lookup tables this small are joined after the aggregate (their files' total size).
+const SMALL_LOOKUP_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A breakdown by a lookup table (`channels.channel`) joined to every one of 10 million
+/// rows costs a hash probe per row. When the joined sources are small lookups, every
+/// measure can be re-aggregated and reads only the scanned source, the rows are aggregated
+/// first by period, the join keys and the source's own breakdown columns; the lookups are
+/// joined to that small table; and a second aggregate sums it up by breakdown.
+fn aggregates_before_joins(
+    model: &Model,
+    source: SourceId,
+    edges: &[(SourceId, usize)],
+    measures: &[MeasureId],
+    filter: Option<&RowExpr>,
+) -> bool {
+    let only_source = |e: &RowExpr| {
+        let mut used = Vec::new();
+        e.sources(&mut used);
+        used.iter().all(|&s| s == source)
+    };
+    !edges.is_empty()
+        && edges
+            .iter()
+            .all(|&(from, j)| model.sources[model.sources[from].joins[j].target].data.size() < SMALL_LOOKUP_BYTES)
+        && filter.is_none_or(only_source)
+        && measures.iter().all(|&m| {
+            let ms = &model.measures[m];
+            matches!(ms.agg, Agg::Count | Agg::Sum | Agg::Min | Agg::Max | Agg::Avg)
+                && ms.arg.as_ref().is_none_or(only_source)
+                && ms.filter.as_ref().is_none_or(only_source)
+        })
+}
+
+fn aggregate_then_join(
+    model: &Model,
+    source: SourceId,
+    edges: &[(SourceId, usize)],
+    condition: Option<Expr>,
+    period: Option<Expr>,
+    dims: &[&RowExpr],
+    measures: &[MeasureId],
+) -> Result<LogicalPlan> {
+    let mut builder = scan(model, source)?;
+    if let Some(c) = condition {
+        builder = builder.filter(c).map_err(internal)?;
+    }
+    // First aggregate: by period, join keys and the source's columns the breakdowns read.
+    let mut first_group: Vec<Expr> = period.iter().cloned().collect();
+    let mut keys: Vec<String> = Vec::new();
+    let mut key = |name: &str, group: &mut Vec<Expr>| {
+        if !keys.iter().any(|k| k == name) {
+            keys.push(name.to_string());
+            group.push(column(model, source, name));
+        }
+    };
+    for &(from, j) in edges {
+        if from == source {
+            key(&model.sources[from].joins[j].column, &mut first_group);
+        }
+    }
+    for d in dims {
+        d.walk(&mut |x| {
+            if let RowKind::Column { source: s, name } = &x.kind
+                && *s == source
+            {
+                key(name, &mut first_group);
+            }
+        });
+    }
+    let mut first_aggs = Vec::new();
+    let mut second_aggs = Vec::new();
+    let mut averages = Vec::new();
+    for &m in measures {
+        let ms = &model.measures[m];
+        let out = measure_column(m);
+        let partial = |e: Expr, name: String| match (e, &ms.filter) {
+            (Expr::AggregateFunction(mut f), Some(filter)) => {
+                f.params.filter = Some(Box::new(row_expr(model, filter)));
+                Expr::AggregateFunction(f).alias(name)
+            }
+            (e, _) => e.alias(name),
+        };
+        let arg = || ms.arg.as_ref().map(|a| row_expr(model, a)).unwrap_or_else(|| lit(1i64));
+        let p = |name: &str| Expr::Column(Column::from_name(name));
+        match ms.agg {
+            Agg::Count => {
+                first_aggs.push(partial(agg::count(arg()), out.clone()));
+                second_aggs.push(agg::sum(p(&out)).alias(out));
+            }
+            Agg::Sum => {
+                first_aggs.push(partial(agg::sum(arg()), out.clone()));
+                second_aggs.push(agg::sum(p(&out)).alias(out));
+            }
+            Agg::Min => {
+                first_aggs.push(partial(agg::min(arg()), out.clone()));
+                second_aggs.push(agg::min(p(&out)).alias(out));
+            }
+            Agg::Max => {
+                first_aggs.push(partial(agg::max(arg()), out.clone()));
+                second_aggs.push(agg::max(p(&out)).alias(out));
+            }
+            Agg::Avg => {
+                let (s, n) = (format!("{out}_sum"), format!("{out}_count"));
+                first_aggs.push(partial(agg::sum(cast(arg(), DataType::Float64)), s.clone()));
+                first_aggs.push(partial(agg::count(arg()), n.clone()));
+                second_aggs.push(agg::sum(p(&s)).alias(s));
+                second_aggs.push(agg::sum(p(&n)).alias(n));
+                averages.push(m);
+            }
+            _ => unreachable!("aggregates_before_joins admits re-aggregatable measures only"),
+        }
+    }
+    builder = builder.aggregate(first_group, first_aggs).map_err(internal)?;
+    for &(from, j) in edges {
+        builder = join(model, builder, from, j)?;
+    }
+    let mut second_group: Vec<Expr> = period.iter().map(|_| Expr::Column(Column::from_name(PERIOD))).collect();
+    let mut names: Vec<String> = period.iter().map(|_| PERIOD.to_string()).collect();
+    for (i, d) in dims.iter().enumerate() {
+        second_group.push(row_expr(model, d).alias(dim_column(i)));
+        names.push(dim_column(i));
+    }
+    builder = builder.aggregate(second_group, second_aggs).map_err(internal)?;
+    if !averages.is_empty() {
+        let mut projection: Vec<Expr> = names
+            .iter()
+            .map(|k| Expr::Column(Column::from_name(k.clone())))
+            .collect();
+        for &m in measures {
+            let out = measure_column(m);
+            if averages.contains(&m) {
+                let s = Expr::Column(Column::from_name(format!("{out}_sum")));
+                let n = cast(
+                    Expr::Column(Column::from_name(format!("{out}_count"))),
+                    DataType::Float64,
+                );
+                projection.push((s / func::nullif(n, lit(0.0))).alias(out));
+            } else {
+                projection.push(Expr::Column(Column::from_name(out)));
+            }
+        }
+        builder = builder.project(projection).map_err(internal)?;
+    }
+    builder.build().map_err(internal)
 }
 
 fn key_check_plan(model: &Model, source: SourceId, j: usize) -> Result<LogicalPlan> {
