@@ -448,7 +448,15 @@ fn category_filters_are_evaluated_on_a_pre_aggregate_with_the_same_numbers() {
 #[test]
 fn aggregating_before_a_lookup_join_gives_the_same_numbers() {
     let mut env = load(&fixture("shop"), SettingsFile::default());
-    let names = ["orders", "paid_orders", "revenue", "avg_order", "min_order", "max_order", "avg_paid"];
+    let names = [
+        "orders",
+        "paid_orders",
+        "revenue",
+        "avg_order",
+        "min_order",
+        "max_order",
+        "avg_paid",
+    ];
     let plan_of = |env: &crate::Env, metrics: &[&str]| {
         let query = tally::plan::Query {
             metrics: metrics.iter().map(|n| env.model.metric(n).unwrap()).collect(),
@@ -463,23 +471,48 @@ fn aggregating_before_a_lookup_join_gives_the_same_numbers() {
     };
     // customers is a small lookup: orders are aggregated first, then joined.
     let eager = plan_of(&env, &names);
-    assert!(eager.find("Left Join").unwrap() < eager.rfind("Aggregate").unwrap(), "{eager}");
+    assert!(
+        eager.find("Left Join").unwrap() < eager.rfind("Aggregate").unwrap(),
+        "{eager}"
+    );
     // A distinct count cannot be re-aggregated: the rows are joined first.
     let mut with_distinct = names.to_vec();
     with_distinct.push("buyers");
     let plain = plan_of(&env, &with_distinct);
     assert_eq!(plain.matches("Aggregate").count(), 1, "{plain}");
 
-    let a = env.query(&names, Q { grain: Some("month"), dims: &["segment"], ..Q::default() });
-    let b = env.query(&with_distinct, Q { grain: Some("month"), dims: &["segment"], ..Q::default() });
+    let a = env.query(
+        &names,
+        Q {
+            grain: Some("month"),
+            dims: &["segment"],
+            ..Q::default()
+        },
+    );
+    let b = env.query(
+        &with_distinct,
+        Q {
+            grain: Some("month"),
+            dims: &["segment"],
+            ..Q::default()
+        },
+    );
     assert_eq!(a.rows.len(), 12, "4 months x (enterprise, smb, no segment)");
     for (ra, rb) in a.rows.iter().zip(&b.rows) {
         assert_eq!((ra.period, &ra.dimensions), (rb.period, &rb.dimensions));
         for (i, name) in names.iter().enumerate() {
-            assert_close(ra.values[i], rb.values[i], &format!("{name} at {:?} {:?}", ra.period, ra.dimensions));
+            assert_close(
+                ra.values[i],
+                rb.values[i],
+                &format!("{name} at {:?} {:?}", ra.period, ra.dimensions),
+            );
         }
     }
     // Customer 9 has no row in customers: February's 300 stays, under no segment.
-    let feb_none = a.rows.iter().find(|r| r.period.unwrap().to_string() == "2026-02-01" && r.dimensions[0].is_none()).unwrap();
+    let feb_none = a
+        .rows
+        .iter()
+        .find(|r| r.period.unwrap().to_string() == "2026-02-01" && r.dimensions[0].is_none())
+        .unwrap();
     assert_eq!(feb_none.values[2], s(300.));
 }
