@@ -102,19 +102,9 @@ impl SourceData {
     /// It changes whenever a file is added, removed or rewritten.
     pub fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
-        let text = self.path.to_string_lossy();
-        let base = if is_glob(&text) {
-            // The folder the glob starts from: a superset of the files it matches.
-            self.path
-                .ancestors()
-                .find(|p| !is_glob(&p.to_string_lossy()))
-                .unwrap_or(&self.path)
-                .to_path_buf()
-        } else {
-            self.path.clone()
-        };
         let mut files = Vec::new();
-        list_files(&base, &mut files);
+        // For a glob, every file of the folder it starts from: a superset of its matches.
+        list_files(&self.base(), &mut files);
         files.sort();
         let mut hash = Sha256::new();
         for f in files {

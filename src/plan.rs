@@ -401,27 +401,33 @@ fn aggregate_then_join(
         names.push(dim_column(i));
     }
     builder = builder.aggregate(second_group, second_aggs).map_err(internal)?;
-    if !averages.is_empty() {
-        let mut projection: Vec<Expr> = names
-            .iter()
-            .map(|k| Expr::Column(Column::from_name(k.clone())))
-            .collect();
-        for &m in measures {
-            let out = measure_column(m);
-            if averages.contains(&m) {
-                let s = Expr::Column(Column::from_name(format!("{out}_sum")));
-                let n = cast(
-                    Expr::Column(Column::from_name(format!("{out}_count"))),
-                    DataType::Float64,
-                );
-                projection.push((s / func::nullif(n, lit(0.0))).alias(out));
-            } else {
-                projection.push(Expr::Column(Column::from_name(out)));
-            }
-        }
-        builder = builder.project(projection).map_err(internal)?;
+    finish_averages(builder, &names, measures, &averages)
+}
+
+/// After a re-aggregation, an average is its summed sum over its summed count (null for
+/// none); the other measures pass through.
+fn finish_averages(
+    builder: LogicalPlanBuilder,
+    keys: &[String],
+    measures: &[MeasureId],
+    averages: &[MeasureId],
+) -> Result<LogicalPlan> {
+    let named = |n: String| Expr::Column(Column::from_name(n));
+    if averages.is_empty() {
+        return builder.build().map_err(internal);
     }
-    builder.build().map_err(internal)
+    let mut projection: Vec<Expr> = keys.iter().map(|k| named(k.clone())).collect();
+    for &m in measures {
+        let out = measure_column(m);
+        if averages.contains(&m) {
+            let sum = named(format!("{out}_sum"));
+            let count = cast(named(format!("{out}_count")), DataType::Float64);
+            projection.push((sum / func::nullif(count, lit(0.0))).alias(out));
+        } else {
+            projection.push(named(out));
+        }
+    }
+    builder.project(projection).and_then(|b| b.build()).map_err(internal)
 }
 
 fn key_check_plan(model: &Model, source: SourceId, j: usize) -> Result<LogicalPlan> {
@@ -668,31 +674,11 @@ fn pre_aggregated(
         .iter()
         .map(|k| Expr::Column(Column::from_name(k.clone())))
         .collect();
-    let mut b = builder
+    let b = builder
         .aggregate(first_group, first_aggs)
         .and_then(|b| b.aggregate(second_group, second))
         .map_err(internal)?;
-    if !averages.is_empty() {
-        let mut projection: Vec<Expr> = keys
-            .iter()
-            .map(|k| Expr::Column(Column::from_name(k.clone())))
-            .collect();
-        for &m in measures {
-            let out = measure_column(m);
-            if averages.contains(&m) {
-                let s = Expr::Column(Column::from_name(format!("{out}_sum")));
-                let c = cast(
-                    Expr::Column(Column::from_name(format!("{out}_count"))),
-                    DataType::Float64,
-                );
-                projection.push((s / func::nullif(c, lit(0.0))).alias(out));
-            } else {
-                projection.push(Expr::Column(Column::from_name(out)));
-            }
-        }
-        b = b.project(projection).map_err(internal)?;
-    }
-    b.build().map_err(internal)
+    finish_averages(b, &keys, measures, &averages)
 }
 
 fn measure_expr(model: &Model, m: MeasureId) -> Expr {
