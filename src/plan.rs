@@ -305,7 +305,7 @@ fn aggregates_before_joins(
         && filter.is_none_or(only_source)
         && measures.iter().all(|&m| {
             let ms = &model.measures[m];
-            matches!(ms.agg, Agg::Count | Agg::Sum | Agg::Min | Agg::Max | Agg::Avg)
+            ms.agg.reaggregatable()
                 && ms.arg.as_ref().is_none_or(only_source)
                 && ms.filter.as_ref().is_none_or(only_source)
         })
@@ -347,50 +347,8 @@ fn aggregate_then_join(
             }
         });
     }
-    let mut first_aggs = Vec::new();
-    let mut second_aggs = Vec::new();
-    let mut averages = Vec::new();
-    for &m in measures {
-        let ms = &model.measures[m];
-        let out = measure_column(m);
-        let partial = |e: Expr, name: String| match (e, &ms.filter) {
-            (Expr::AggregateFunction(mut f), Some(filter)) => {
-                f.params.filter = Some(Box::new(row_expr(model, filter)));
-                Expr::AggregateFunction(f).alias(name)
-            }
-            (e, _) => e.alias(name),
-        };
-        let arg = || ms.arg.as_ref().map(|a| row_expr(model, a)).unwrap_or_else(|| lit(1i64));
-        let p = |name: &str| Expr::Column(Column::from_name(name));
-        match ms.agg {
-            Agg::Count => {
-                first_aggs.push(partial(agg::count(arg()), out.clone()));
-                second_aggs.push(agg::sum(p(&out)).alias(out));
-            }
-            Agg::Sum => {
-                first_aggs.push(partial(agg::sum(arg()), out.clone()));
-                second_aggs.push(agg::sum(p(&out)).alias(out));
-            }
-            Agg::Min => {
-                first_aggs.push(partial(agg::min(arg()), out.clone()));
-                second_aggs.push(agg::min(p(&out)).alias(out));
-            }
-            Agg::Max => {
-                first_aggs.push(partial(agg::max(arg()), out.clone()));
-                second_aggs.push(agg::max(p(&out)).alias(out));
-            }
-            Agg::Avg => {
-                let (s, n) = (format!("{out}_sum"), format!("{out}_count"));
-                first_aggs.push(partial(agg::sum(cast(arg(), DataType::Float64)), s.clone()));
-                first_aggs.push(partial(agg::count(arg()), n.clone()));
-                second_aggs.push(agg::sum(p(&s)).alias(s));
-                second_aggs.push(agg::sum(p(&n)).alias(n));
-                averages.push(m);
-            }
-            _ => unreachable!("aggregates_before_joins admits re-aggregatable measures only"),
-        }
-    }
-    builder = builder.aggregate(first_group, first_aggs).map_err(internal)?;
+    let split = two_phase(model, measures, FilterIn::First);
+    builder = builder.aggregate(first_group, split.first).map_err(internal)?;
     for &(from, j) in edges {
         builder = join(model, builder, from, j)?;
     }
@@ -400,8 +358,92 @@ fn aggregate_then_join(
         second_group.push(row_expr(model, d).alias(dim_column(i)));
         names.push(dim_column(i));
     }
-    builder = builder.aggregate(second_group, second_aggs).map_err(internal)?;
-    finish_averages(builder, &names, measures, &averages)
+    builder = builder.aggregate(second_group, split.second).map_err(internal)?;
+    finish_averages(builder, &names, measures, &split.averages)
+}
+
+/// Where a measure's filter goes when it is computed in two aggregates.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FilterIn {
+    /// On the rows, in the first aggregate (its partials are the measure's own).
+    First,
+    /// On the first aggregate's groups, in the second (partials are shared between
+    /// measures that aggregate the same thing).
+    Second,
+}
+
+/// A measure split into partial aggregates (first) and their combination (second).
+struct TwoPhase {
+    first: Vec<Expr>,
+    second: Vec<Expr>,
+    averages: Vec<MeasureId>,
+}
+
+/// Splits re-aggregatable measures (count, sum, min, max, avg) into two aggregates: count
+/// and sum add up, min and max take the min and max, and an average is a summed sum over a
+/// summed count (see [`finish_averages`]).
+fn two_phase(model: &Model, measures: &[MeasureId], filter_in: FilterIn) -> TwoPhase {
+    let mut first: Vec<(String, Expr)> = Vec::new();
+    let mut second = Vec::new();
+    let mut averages = Vec::new();
+    for &m in measures {
+        let ms = &model.measures[m];
+        let out = measure_column(m);
+        let arg = ms.arg.as_ref().map(|a| row_expr(model, a)).unwrap_or_else(|| lit(1i64));
+        let key = arg.schema_name().to_string();
+        // Adds a partial (once per name) and returns the second-phase aggregate over it.
+        let mut partial = |kind: &str, e: Expr, combine: fn(Expr) -> Expr| -> Expr {
+            let name = match filter_in {
+                FilterIn::First => format!("{out}_{kind}"),
+                FilterIn::Second => format!("__{kind}({key})"),
+            };
+            if !first.iter().any(|(n, _)| *n == name) {
+                let e = if filter_in == FilterIn::First {
+                    with_filter(model, e, ms.filter.as_ref())
+                } else {
+                    e
+                };
+                first.push((name.clone(), e));
+            }
+            let combined = combine(Expr::Column(Column::from_name(name)));
+            if filter_in == FilterIn::Second {
+                with_filter(model, combined, ms.filter.as_ref())
+            } else {
+                combined
+            }
+        };
+        match ms.agg {
+            Agg::Count => second.push(partial("count", agg::count(arg), agg::sum).alias(out)),
+            Agg::Sum => second.push(partial("sum", agg::sum(arg), agg::sum).alias(out)),
+            Agg::Min => second.push(partial("min", agg::min(arg), agg::min).alias(out)),
+            Agg::Max => second.push(partial("max", agg::max(arg), agg::max).alias(out)),
+            Agg::Avg => {
+                let x = cast(arg, DataType::Float64);
+                second.push(partial("fsum", agg::sum(x.clone()), agg::sum).alias(format!("{out}_sum")));
+                second.push(partial("count", agg::count(x), agg::sum).alias(format!("{out}_count")));
+                averages.push(m);
+            }
+            _ => unreachable!("only re-aggregatable measures are split"),
+        }
+    }
+    let first = first.into_iter().map(|(n, e)| e.alias(n)).collect();
+    TwoPhase {
+        first,
+        second,
+        averages,
+    }
+}
+
+/// Attaches a measure's filter to its aggregate. Set on the aggregate itself: DataFusion's
+/// `ExprFunctionExt` builder would reset `distinct` and the ordering of the aggregate.
+fn with_filter(model: &Model, e: Expr, filter: Option<&RowExpr>) -> Expr {
+    match (e, filter) {
+        (Expr::AggregateFunction(mut f), Some(filter)) => {
+            f.params.filter = Some(Box::new(row_expr(model, filter)));
+            Expr::AggregateFunction(f)
+        }
+        (e, _) => e,
+    }
 }
 
 /// After a re-aggregation, an average is its summed sum over its summed count (null for
@@ -576,7 +618,7 @@ fn filter_columns(model: &Model, measures: &[MeasureId]) -> Option<Vec<(SourceId
     let mut columns = Vec::new();
     for &m in measures {
         let ms = &model.measures[m];
-        if !matches!(ms.agg, Agg::Count | Agg::Sum | Agg::Min | Agg::Max | Agg::Avg) {
+        if !ms.agg.reaggregatable() {
             return None;
         }
         if let Some(f) = &ms.filter
@@ -619,66 +661,16 @@ fn pre_aggregated(
     let keys: Vec<String> = group.iter().map(|g| g.schema_name().to_string()).collect();
     let mut first_group = group;
     first_group.extend(columns.iter().map(|(s, c)| column(model, *s, c)));
-    // Partial aggregates, shared between measures that aggregate the same thing.
-    let mut partials: Vec<(String, Expr)> = Vec::new();
-    let mut partial = |name: String, e: Expr| -> Expr {
-        if !partials.iter().any(|(n, _)| *n == name) {
-            partials.push((name.clone(), e));
-        }
-        Expr::Column(Column::from_name(name))
-    };
-    let mut second = Vec::new();
-    let mut averages = Vec::new();
-    for &m in measures {
-        let ms = &model.measures[m];
-        let arg = ms.arg.as_ref().map(|a| row_expr(model, a));
-        let key = arg.as_ref().map(|a| a.schema_name().to_string()).unwrap_or_default();
-        let filtered = |e: Expr| match (e, &ms.filter) {
-            (Expr::AggregateFunction(mut f), Some(filter)) => {
-                f.params.filter = Some(Box::new(row_expr(model, filter)));
-                Expr::AggregateFunction(f)
-            }
-            (e, _) => e,
-        };
-        let out = measure_column(m);
-        match ms.agg {
-            Agg::Count => {
-                let p = partial(format!("__count({key})"), agg::count(arg.unwrap_or_else(|| lit(1i64))));
-                second.push(filtered(agg::sum(p)).alias(out));
-            }
-            Agg::Sum => {
-                let p = partial(format!("__sum({key})"), agg::sum(arg.unwrap_or_else(|| lit(1i64))));
-                second.push(filtered(agg::sum(p)).alias(out));
-            }
-            Agg::Min => {
-                let p = partial(format!("__min({key})"), agg::min(arg.unwrap_or_else(|| lit(1i64))));
-                second.push(filtered(agg::min(p)).alias(out));
-            }
-            Agg::Max => {
-                let p = partial(format!("__max({key})"), agg::max(arg.unwrap_or_else(|| lit(1i64))));
-                second.push(filtered(agg::max(p)).alias(out));
-            }
-            Agg::Avg => {
-                let x = cast(arg.unwrap_or_else(|| lit(1i64)), DataType::Float64);
-                let s = partial(format!("__fsum({key})"), agg::sum(x.clone()));
-                let c = partial(format!("__count({key})"), agg::count(x));
-                second.push(filtered(agg::sum(s)).alias(format!("{out}_sum")));
-                second.push(filtered(agg::sum(c)).alias(format!("{out}_count")));
-                averages.push(m);
-            }
-            _ => unreachable!("filter_columns admits re-aggregatable measures only"),
-        }
-    }
-    let first_aggs: Vec<Expr> = partials.into_iter().map(|(n, e)| e.alias(n)).collect();
+    let split = two_phase(model, measures, FilterIn::Second);
     let second_group: Vec<Expr> = keys
         .iter()
         .map(|k| Expr::Column(Column::from_name(k.clone())))
         .collect();
     let b = builder
-        .aggregate(first_group, first_aggs)
-        .and_then(|b| b.aggregate(second_group, second))
+        .aggregate(first_group, split.first)
+        .and_then(|b| b.aggregate(second_group, split.second))
         .map_err(internal)?;
-    finish_averages(b, &keys, measures, &averages)
+    finish_averages(b, &keys, measures, &split.averages)
 }
 
 fn measure_expr(model: &Model, m: MeasureId) -> Expr {
@@ -697,15 +689,7 @@ fn measure_expr(model: &Model, m: MeasureId) -> Expr {
         Agg::Median => agg::median(float(arg.unwrap_or_else(one))),
         Agg::Percentile(p) => crate::percentile::percentile(float(arg.unwrap_or_else(one)), p),
     };
-    // Set the filter on the aggregate itself: DataFusion's `ExprFunctionExt` builder would
-    // reset `distinct` and the ordering of percentile_cont.
-    match (e, &ms.filter) {
-        (Expr::AggregateFunction(mut f), Some(filter)) => {
-            f.params.filter = Some(Box::new(row_expr(model, filter)));
-            Expr::AggregateFunction(f)
-        }
-        (e, _) => e,
-    }
+    with_filter(model, e, ms.filter.as_ref())
 }
 
 /// A typed row expression as a DataFusion expression.

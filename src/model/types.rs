@@ -242,6 +242,12 @@ impl Agg {
     pub fn zero_when_empty(self) -> bool {
         matches!(self, Agg::Count | Agg::CountDistinct | Agg::Sum)
     }
+
+    /// Whether partial results combine into the whole (sum of counts, min of mins, a summed
+    /// sum over a summed count); distinct counts, medians and percentiles do not.
+    pub fn reaggregatable(self) -> bool {
+        matches!(self, Agg::Count | Agg::Sum | Agg::Min | Agg::Max | Agg::Avg)
+    }
 }
 
 /// One aggregate over one source's rows, with an optional filter. Metrics share measures.
