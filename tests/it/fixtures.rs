@@ -1,7 +1,7 @@
 //! Every metric kind and filter form against values computed by hand on a tiny shop
 //! (tests/fixtures/shop): 8 orders over January, February and April 2026 (March has none).
 
-use crate::{Q, assert_close, fixture, load};
+use crate::{Q, assert_close, fixture, load, series};
 use tally::settings::SettingsFile;
 
 const N: Option<f64> = None;
@@ -207,11 +207,7 @@ fn days_quarters_and_fiscal_years() {
             ..Q::default()
         },
     );
-    let got: Vec<_> = t
-        .rows
-        .iter()
-        .map(|r| (r.period.unwrap().to_string(), r.values[0]))
-        .collect();
+    let got = series(&t, 0);
     assert_eq!(
         got,
         vec![("2026-01-01".to_string(), s(6.)), ("2026-04-01".to_string(), s(2.))]
@@ -226,11 +222,7 @@ fn days_quarters_and_fiscal_years() {
             ..Q::default()
         },
     );
-    let got: Vec<_> = t
-        .rows
-        .iter()
-        .map(|r| (r.period.unwrap().to_string(), r.values[0]))
-        .collect();
+    let got = series(&t, 0);
     assert_eq!(
         got,
         vec![("2026-01-05".to_string(), s(2.)), ("2026-01-06".to_string(), s(0.))]
@@ -248,11 +240,7 @@ fn days_quarters_and_fiscal_years() {
             ..Q::default()
         },
     );
-    let got: Vec<_> = t
-        .rows
-        .iter()
-        .map(|r| (r.period.unwrap().to_string(), r.values[0]))
-        .collect();
+    let got = series(&t, 0);
     assert_eq!(
         got,
         vec![("2025-04-01".to_string(), s(6.)), ("2026-04-01".to_string(), s(2.))]

@@ -107,6 +107,14 @@ impl Env {
     }
 }
 
+/// One metric's column of a result, by period.
+pub fn series(t: &ResultTable, col: usize) -> Vec<(String, Option<f64>)> {
+    t.rows
+        .iter()
+        .map(|r| (r.period.unwrap().to_string(), r.values[col]))
+        .collect()
+}
+
 /// Asserts two optional numbers are equal to a relative 1e-9.
 #[track_caller]
 pub fn assert_close(actual: Option<f64>, expected: Option<f64>, what: &str) {
