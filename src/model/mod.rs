@@ -91,6 +91,7 @@ pub async fn resolve(
     if failed {
         return (None, diags);
     }
+    // Without errors every definition resolved, so ids are positions in the definitions.
     let model = Model {
         sources: sources.into_iter().map(|s| s.expect("checked")).collect(),
         dimensions: dimensions.into_iter().flatten().collect(),
@@ -98,23 +99,8 @@ pub async fn resolve(
         measures: r.measures,
         deferred: defs.deferred.clone(),
         source_index: r.source_index,
-        dimension_index: HashMap::new(),
-        metric_index: HashMap::new(),
-    };
-    let model = Model {
-        dimension_index: model
-            .dimensions
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (d.name.clone(), i))
-            .collect(),
-        metric_index: model
-            .metrics
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.name.clone(), i))
-            .collect(),
-        ..model
+        dimension_index: r.dim_index,
+        metric_index: r.metric_index,
     };
     (Some(model), diags)
 }
