@@ -174,6 +174,32 @@ pub enum ExprKind {
         args: Vec<Expr>,
         filter: Option<Box<Expr>>,
     },
+    /// `7 days`: an amount of a unit of time (an argument of `rolling`).
+    Duration {
+        amount: f64,
+        unit: Name,
+    },
+    /// `revenue[-1 year]`: the value of an earlier (negative) or later period.
+    Offset {
+        expr: Box<Expr>,
+        amount: f64,
+        unit: Name,
+    },
+    /// `conversion(enquiries -> jobs by customer_id within 30 days)`.
+    Conversion(Box<ConversionExpr>),
+}
+
+/// `conversion(BASE [where F] -> TARGET [where F] by ENTITY within N UNIT)`; `conversions`
+/// (with `count`) counts the converted base rows instead of giving their share.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversionExpr {
+    pub count: bool,
+    pub base: Name,
+    pub base_filter: Option<Expr>,
+    pub target: Name,
+    pub target_filter: Option<Expr>,
+    pub entity: Name,
+    pub within: Spanned<(f64, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

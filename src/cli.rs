@@ -71,24 +71,8 @@ pub enum Command {
     },
     /// Compute metrics per period and breakdown.
     Query {
-        /// Metric names.
-        #[arg(required = true)]
-        metrics: Vec<String>,
-        /// Period length: day, week, month, quarter or year (default: one total).
-        #[arg(long)]
-        by: Option<String>,
-        /// Break down by a dimension (repeat, or separate with commas).
-        #[arg(long = "dim")]
-        dims: Vec<String>,
-        /// First day included (YYYY-MM-DD, or YYYY-MM for a month's first day).
-        #[arg(long)]
-        from: Option<String>,
-        /// Last day included (YYYY-MM-DD, or YYYY-MM for a month's last day).
-        #[arg(long)]
-        to: Option<String>,
-        /// A filter in the expression language, e.g. 'channel = "phone"'.
-        #[arg(long = "where")]
-        filter: Option<String>,
+        #[command(flatten)]
+        args: QueryArgs,
         #[arg(long, value_enum, default_value = "table")]
         format: QueryFormat,
     },
@@ -107,6 +91,46 @@ pub enum Command {
     },
     /// Print the JSON Schema of the YAML definition form.
     Schema,
+}
+
+/// What `query` computes.
+#[derive(clap::Args, Debug)]
+pub struct QueryArgs {
+    /// Metric names.
+    #[arg(required = true)]
+    metrics: Vec<String>,
+    /// Period length: day, week, month, quarter or year (default: one total).
+    #[arg(long)]
+    by: Option<String>,
+    /// Break down by a dimension (repeat, or separate with commas).
+    #[arg(long = "dim")]
+    dims: Vec<String>,
+    /// First day included (YYYY-MM-DD, or YYYY-MM for a month's first day).
+    #[arg(long)]
+    from: Option<String>,
+    /// Last day included (YYYY-MM-DD, or YYYY-MM for a month's last day); no later row is read.
+    #[arg(long)]
+    to: Option<String>,
+    /// A range relative to --as-of: "last 12 weeks", "this quarter", "year to date", ...
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    range: Option<String>,
+    /// The day the query is run as of (default: today in the project's time zone); no later
+    /// row is read.
+    #[arg(long = "as-of")]
+    as_of: Option<String>,
+    /// Each metric next to its value in the previous period or the same period a year before,
+    /// with the change and the relative change.
+    #[arg(long, value_enum)]
+    compare: Option<CompareArg>,
+    /// A filter in the expression language, e.g. 'channel = "phone"'.
+    #[arg(long = "where")]
+    filter: Option<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareArg {
+    Previous,
+    Year,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,31 +195,12 @@ pub async fn run(cli: Cli) -> Outcome {
             }
             check(&global, format, color).await
         }
-        Command::Query {
-            metrics,
-            by,
-            dims,
-            from,
-            to,
-            filter,
-            format,
-        } => {
+        Command::Query { args, format } => {
             let loaded = match load(&cli.global, color).await {
                 Ok(l) => l,
                 Err(o) => return o,
             };
-            query(
-                loaded,
-                &metrics,
-                by.as_deref(),
-                &dims,
-                from.as_deref(),
-                to.as_deref(),
-                filter.as_deref(),
-                format,
-                color,
-            )
-            .await
+            query(loaded, &args, format, color).await
         }
         Command::Explain { metric, by, dims } => {
             let loaded = match load(&cli.global, color).await {
@@ -372,48 +377,16 @@ fn date_arg(text: Option<&str>, end: bool, flag: &str) -> Result<Option<chrono::
     Err(usage(format!("{flag} `{t}` is not a date")).note("write YYYY-MM-DD, or YYYY-MM for a month"))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn query(
-    mut l: Loaded,
-    metrics: &[String],
-    by: Option<&str>,
-    dims: &[String],
-    from: Option<&str>,
-    to: Option<&str>,
-    filter: Option<&str>,
-    format: QueryFormat,
-    color: bool,
-) -> Outcome {
-    let q = (|| -> Result<Query, Diagnostic> {
-        let filter = match filter {
-            Some(f) => {
-                let id = l.project.files.add("--where", PathBuf::from("--where"), f.to_string());
-                Some(syntax::parse_expr(id, f, 0).map_err(|mut d| {
-                    d.category = diagnostic::Category::Usage;
-                    d
-                })?)
-            }
-            None => None,
-        };
-        Ok(Query {
-            metrics: metric_ids(&l.model, metrics)?,
-            grain: grain(by)?,
-            dimensions: dimension_ids(&l.model, dims)?,
-            from: date_arg(from, false, "--from")?,
-            to: date_arg(to, true, "--to")?,
-            filter,
-        })
-    })();
+async fn query(mut l: Loaded, args: &QueryArgs, format: QueryFormat, color: bool) -> Outcome {
+    let q = query_of(&mut l, args);
     let q = match q {
         Ok(q) => q,
         Err(d) => return Outcome::diagnostics(&l.project.files, &[d], color),
     };
-    let metric_ids = q.metrics.clone();
     match run::query(&l.ctx, &l.model, &l.project.files, &l.project.settings, q).await {
         Ok(table) => {
-            let formats: Vec<_> = metric_ids.iter().map(|&m| l.model.metrics[m].format.clone()).collect();
             let stdout = match format {
-                QueryFormat::Table => output::table(&table, &formats),
+                QueryFormat::Table => output::table(&table, &table.formats),
                 QueryFormat::Csv => output::csv(&table),
                 QueryFormat::Json => serde_json::to_string_pretty(&output::json(&table)).unwrap_or_default() + "\n",
             };
@@ -426,19 +399,67 @@ async fn query(
     }
 }
 
+/// The query the arguments ask for; relative ranges resolved against --as-of.
+fn query_of(l: &mut Loaded, args: &QueryArgs) -> Result<Query, Diagnostic> {
+    let filter = match &args.filter {
+        Some(f) => {
+            let id = l.project.files.add("--where", PathBuf::from("--where"), f.to_string());
+            Some(syntax::parse_expr(id, f, 0).map_err(|mut d| {
+                d.category = diagnostic::Category::Usage;
+                d
+            })?)
+        }
+        None => None,
+    };
+    let calendar = l.project.settings.calendar();
+    let as_of = date_arg(args.as_of.as_deref(), false, "--as-of")?;
+    let (from, to) = match &args.range {
+        Some(r) => {
+            let today = as_of.unwrap_or_else(|| match calendar.time_zone {
+                Some(tz) => chrono::Utc::now().with_timezone(&tz).date_naive(),
+                None => chrono::Local::now().date_naive(),
+            });
+            let (f, t) = tally::time::relative_range(r, today, &calendar).map_err(usage)?;
+            (Some(f), Some(t))
+        }
+        None => {
+            let to = date_arg(args.to.as_deref(), true, "--to")?;
+            // As of a day: no later row is read.
+            let to = match (to, as_of) {
+                (Some(t), Some(a)) => Some(t.min(a)),
+                (t, a) => t.or(a),
+            };
+            (date_arg(args.from.as_deref(), false, "--from")?, to)
+        }
+    };
+    Ok(Query {
+        metrics: metric_ids(&l.model, &args.metrics)?,
+        grain: grain(args.by.as_deref())?,
+        dimensions: dimension_ids(&l.model, &args.dims)?,
+        from,
+        to,
+        filter,
+        compare: args.compare.map(|c| match c {
+            CompareArg::Previous => plan::Compare::Previous,
+            CompareArg::Year => plan::Compare::Year,
+        }),
+    })
+}
+
 async fn explain(l: Loaded, metric: &str, by: Option<&str>, dims: &[String], color: bool) -> Outcome {
     let q = (|| -> Result<Query, Diagnostic> {
         Ok(Query {
             metrics: metric_ids(&l.model, &[metric.to_string()])?,
             grain: grain(by.or(Some("month")))?,
             dimensions: dimension_ids(&l.model, dims)?,
-            from: None,
-            to: None,
-            filter: None,
+            ..Query::default()
         })
     })();
-    let calendar = l.project.settings.calendar();
-    let plan = match q.and_then(|q| plan::build(&l.model, &l.project.files, &calendar, q)) {
+    let plan = match q {
+        Ok(q) => run::prepare(&l.ctx, &l.model, &l.project.files, &l.project.settings, q).await,
+        Err(d) => Err(d),
+    };
+    let plan = match plan {
         Ok(p) => p,
         Err(d) => return Outcome::diagnostics(&l.project.files, &[d], color),
     };
@@ -451,8 +472,23 @@ async fn explain(l: Loaded, metric: &str, by: Option<&str>, dims: &[String], col
     }
     for (i, scan) in plan.scans.iter().enumerate() {
         let src = &l.model.sources[scan.source];
+        let mut how = Vec::new();
+        if let Some(w) = scan.kind.window {
+            how.push(format!("{w} window per period"));
+        }
+        if scan.kind.total {
+            how.push("all breakdown values together".to_string());
+        }
+        if scan.kind.extended {
+            how.push("whole periods before --from".to_string());
+        }
+        let how = if how.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", how.join(", "))
+        };
         out.push_str(&format!(
-            "\n-- scan {} of {}: source `{}` ({}), {} measure{}\n",
+            "\n-- scan {} of {}: source `{}` ({}), {} measure{}{how}\n",
             i + 1,
             plan.scans.len(),
             src.name,

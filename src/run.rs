@@ -5,16 +5,17 @@
 //! measures' values, in Float64, with null-safe division.
 
 use crate::ast::BinOp;
+use crate::ast::Format;
 use crate::data::clean_error;
 use crate::diagnostic::Diagnostic;
-use crate::model::{Formula, MeasureId, MetricId, Model};
-use crate::plan::{self, QueryPlan};
+use crate::model::{Model, SourceId, ValueType};
+use crate::plan::{self, QueryPlan, Series, Term};
 use crate::settings::Settings;
-use crate::time::{Grain, from_days};
+use crate::time::{Grain, from_days, to_days};
 use chrono::NaiveDate;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Float64Type};
+use datafusion::arrow::datatypes::{DataType, Float64Type, TimestampMicrosecondType};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
@@ -26,8 +27,10 @@ pub struct ResultTable {
     pub grain: Option<Grain>,
     /// Dimension names, in breakdown order.
     pub dimensions: Vec<String>,
-    /// Metric names, in column order.
+    /// Column names, in order: the metrics, and with `--compare` their comparisons.
     pub metrics: Vec<String>,
+    /// How each column's values are shown.
+    pub formats: Vec<Format>,
     pub rows: Vec<ResultRow>,
 }
 
@@ -89,9 +92,12 @@ pub async fn execute(
     let results = futures::future::try_join_all(scans).await?;
 
     let ndims = plan.query.dimensions.len();
-    let mut values: HashMap<Key, HashMap<MeasureId, Option<f64>>> = HashMap::new();
+    let mut values: HashMap<Series, HashMap<Key, Option<f64>>> = HashMap::new();
+    let mut seen_periods: BTreeSet<i32> = BTreeSet::new();
+    let mut tuples: BTreeSet<Vec<Option<String>>> = BTreeSet::new();
     for (scan, batches) in plan.scans.iter().zip(results) {
         let has_period = plan.query.grain.is_some();
+        let width = if scan.kind.total { 0 } else { ndims };
         for batch in batches {
             let mut col = 0;
             let periods = if has_period {
@@ -103,13 +109,13 @@ pub async fn execute(
                 None
             };
             let options = FormatOptions::default();
-            let dim_arrays: Vec<_> = (0..ndims).map(|i| batch.column(col + i).clone()).collect();
+            let dim_arrays: Vec<_> = (0..width).map(|i| batch.column(col + i).clone()).collect();
             let formatters = dim_arrays
                 .iter()
                 .map(|a| ArrayFormatter::try_new(a.as_ref(), &options))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(arrow_error)?;
-            col += ndims;
+            col += width;
             let measure_arrays = (0..scan.measures.len())
                 .map(|i| cast(batch.column(col + i), &DataType::Float64))
                 .collect::<Result<Vec<_>, _>>()
@@ -119,27 +125,36 @@ pub async fn execute(
                     let p = p.as_primitive::<datafusion::arrow::datatypes::Int32Type>();
                     p.is_valid(row).then(|| p.value(row))
                 });
-                let dims = dim_arrays
+                let dims: Vec<Option<String>> = dim_arrays
                     .iter()
                     .zip(&formatters)
                     .map(|(a, f)| a.is_valid(row).then(|| f.value(row).to_string()))
                     .collect();
-                let entry = values.entry((period, dims)).or_default();
+                let plain = scan.kind.window.is_none() && !scan.kind.extended;
+                if plain && let Some(p) = period {
+                    seen_periods.insert(p);
+                }
+                if !scan.kind.total {
+                    tuples.insert(dims.clone());
+                }
                 for (i, &m) in scan.measures.iter().enumerate() {
                     let a = measure_arrays[i].as_primitive::<Float64Type>();
-                    entry.insert(m, a.is_valid(row).then(|| a.value(row)));
+                    values
+                        .entry((m, scan.kind))
+                        .or_default()
+                        .insert((period, dims.clone()), a.is_valid(row).then(|| a.value(row)));
                 }
             }
         }
     }
 
     // Every period of the range, for every breakdown value seen.
-    let periods: Vec<Option<i32>> = match plan.query.grain {
-        None => vec![None],
-        Some(g) => {
-            let seen: Vec<i32> = values.keys().filter_map(|k| k.0).collect();
-            let from = plan.query.from.or_else(|| seen.iter().min().map(|&d| from_days(d)));
-            let to = plan.query.to.or_else(|| seen.iter().max().map(|&d| from_days(d)));
+    let periods: Vec<Option<i32>> = match (plan.query.grain, &plan.periods) {
+        (None, _) => vec![None],
+        (Some(_), Some(fixed)) => fixed.iter().map(|&d| Some(crate::time::to_days(d))).collect(),
+        (Some(g), None) => {
+            let from = plan.query.from.or_else(|| seen_periods.first().map(|&d| from_days(d)));
+            let to = plan.query.to.or_else(|| seen_periods.last().map(|&d| from_days(d)));
             match (from, to) {
                 (Some(f), Some(t)) => calendar
                     .periods(f, t, g)
@@ -150,20 +165,16 @@ pub async fn execute(
             }
         }
     };
-    let mut tuples: BTreeSet<Vec<Option<String>>> = values.keys().map(|k| k.1.clone()).collect();
     if tuples.is_empty() && ndims == 0 {
         tuples.insert(Vec::new());
     }
     let mut rows = Vec::new();
     for p in &periods {
         for t in &tuples {
-            let measured = values.get(&(*p, t.clone()));
-            let mut memo: HashMap<MetricId, Option<f64>> = HashMap::new();
             let vals = plan
-                .query
-                .metrics
+                .outputs
                 .iter()
-                .map(|&m| metric_value(model, m, measured, &mut memo))
+                .map(|o| term_value(model, &values, &o.term, *p, t))
                 .collect();
             rows.push(ResultRow {
                 period: p.map(from_days),
@@ -192,51 +203,36 @@ pub async fn execute(
             .iter()
             .map(|&d| model.dimensions[d].name.clone())
             .collect(),
-        metrics: plan
-            .query
-            .metrics
-            .iter()
-            .map(|&m| model.metrics[m].name.clone())
-            .collect(),
+        metrics: plan.outputs.iter().map(|o| o.name.clone()).collect(),
+        formats: plan.outputs.iter().map(|o| o.format.clone()).collect(),
         rows,
     })
 }
 
-fn metric_value(
+/// A term's value for a period and breakdown value: a series is read at the shifted period;
+/// a measure over no rows is 0 or null (see [`crate::model::Measure::zero_when_empty`]).
+fn term_value(
     model: &Model,
-    metric: MetricId,
-    measured: Option<&HashMap<MeasureId, Option<f64>>>,
-    memo: &mut HashMap<MetricId, Option<f64>>,
+    values: &HashMap<Series, HashMap<Key, Option<f64>>>,
+    term: &Term,
+    period: Option<i32>,
+    dims: &[Option<String>],
 ) -> Option<f64> {
-    if let Some(v) = memo.get(&metric) {
-        return *v;
-    }
-    let v = formula_value(model, &model.metrics[metric].formula, measured, memo);
-    memo.insert(metric, v);
-    v
-}
-
-fn formula_value(
-    model: &Model,
-    f: &Formula,
-    measured: Option<&HashMap<MeasureId, Option<f64>>>,
-    memo: &mut HashMap<MetricId, Option<f64>>,
-) -> Option<f64> {
-    match f {
-        Formula::Measure(m) => {
-            let zero = model.measures[*m].agg.zero_when_empty();
-            match measured.and_then(|v| v.get(m)).copied().flatten() {
+    match term {
+        Term::Series((m, kind), shift) => {
+            let p = period.map(|d| to_days(shift.apply(from_days(d))));
+            let key = (p, if kind.total { Vec::new() } else { dims.to_vec() });
+            match values.get(&(*m, *kind)).and_then(|v| v.get(&key)).copied().flatten() {
                 Some(v) => Some(v),
-                None if zero => Some(0.0),
+                None if model.measures[*m].zero_when_empty() => Some(0.0),
                 None => None,
             }
         }
-        Formula::Metric(id) => metric_value(model, *id, measured, memo),
-        Formula::Number(n) => Some(*n),
-        Formula::Neg(a) => formula_value(model, a, measured, memo).map(|v| -v),
-        Formula::Binary(op, a, b) => {
-            let x = formula_value(model, a, measured, memo)?;
-            let y = formula_value(model, b, measured, memo)?;
+        Term::Number(n) => Some(*n),
+        Term::Neg(a) => term_value(model, values, a, period, dims).map(|v| -v),
+        Term::Binary(op, a, b) => {
+            let x = term_value(model, values, a, period, dims)?;
+            let y = term_value(model, values, b, period, dims)?;
             let v = match op {
                 BinOp::Add => x + y,
                 BinOp::Sub => x - y,
@@ -309,6 +305,63 @@ fn execution_error(
     .file(src.data.display.clone())
 }
 
+/// Plans a query; when its windows or offsets need the data's first and last day, they are
+/// read first (from Parquet statistics where the files have them).
+pub async fn prepare(
+    ctx: &SessionContext,
+    model: &Model,
+    files: &crate::span::Files,
+    settings: &Settings,
+    query: plan::Query,
+) -> Result<QueryPlan, Diagnostic> {
+    let calendar = settings.calendar();
+    let range = match plan::range_sources(model, &query)? {
+        Some(sources) => data_range(ctx, model, settings, &sources).await?,
+        None => None,
+    };
+    plan::build_with_range(model, files, &calendar, query, range)
+}
+
+/// The first and last local day with data over some sources; `None` when they are empty.
+async fn data_range(
+    ctx: &SessionContext,
+    model: &Model,
+    settings: &Settings,
+    sources: &[SourceId],
+) -> Result<Option<plan::DataRange>, Diagnostic> {
+    let calendar = settings.calendar();
+    let mut range: Option<plan::DataRange> = None;
+    for &s in sources {
+        let Some(p) = plan::range_plan(model, s)? else {
+            continue;
+        };
+        let dated = model.sources[s].time.as_ref().is_some_and(|t| t.ty == ValueType::Date);
+        let local = |micros: i64| {
+            let utc = chrono::DateTime::from_timestamp_micros(micros)?;
+            Some(match calendar.time_zone {
+                Some(tz) if !dated => utc.with_timezone(&tz).date_naive(),
+                _ => utc.naive_utc().date(),
+            })
+        };
+        for b in collect(ctx, p, model, s, settings.memory_limit).await? {
+            if b.num_rows() == 0 {
+                continue;
+            }
+            let first = b.column(0).as_primitive::<TimestampMicrosecondType>();
+            let last = b.column(1).as_primitive::<TimestampMicrosecondType>();
+            if let (true, true) = (first.is_valid(0), last.is_valid(0))
+                && let (Some(f), Some(l)) = (local(first.value(0)), local(last.value(0)))
+            {
+                range = Some(match range {
+                    Some((a, b)) => (a.min(f), b.max(l)),
+                    None => (f, l),
+                });
+            }
+        }
+    }
+    Ok(range)
+}
+
 /// Plans and executes a query in one step.
 pub async fn query(
     ctx: &SessionContext,
@@ -317,7 +370,7 @@ pub async fn query(
     settings: &Settings,
     query: plan::Query,
 ) -> Result<ResultTable, Diagnostic> {
-    let plan = plan::build(model, files, &settings.calendar(), query)?;
+    let plan = prepare(ctx, model, files, settings, query).await?;
     execute(ctx, model, settings, &plan).await
 }
 

@@ -93,6 +93,63 @@ impl Calendar {
     }
 }
 
+/// The forms of a relative range, for messages.
+pub const RANGE_FORMS: &str = "today, yesterday, this week|month|quarter|year, last week|month|quarter|year, \
+week|month|quarter|year to date (wtd, mtd, qtd, ytd), last N days|weeks|months|quarters|years, \
+last N complete weeks|months|quarters|years";
+
+/// A relative range (`last 12 weeks`, `this quarter`, `year to date`) as its first and last
+/// day, against an as-of day. `last N weeks` is the N weeks up to and including the week of
+/// the as-of day, which ends on the as-of day; `last N complete weeks` ends with the week
+/// before; `last week` is the whole week before.
+pub fn relative_range(text: &str, as_of: NaiveDate, calendar: &Calendar) -> Result<(NaiveDate, NaiveDate), String> {
+    let lower = text.trim().to_lowercase();
+    let words: Vec<&str> = lower.split_whitespace().collect();
+    let unit = |w: &str| Grain::parse(w.strip_suffix('s').unwrap_or(w));
+    let this = |g: Grain| calendar.period_start(as_of, g);
+    let back = |start: NaiveDate, g: Grain, n: u32| -> NaiveDate {
+        let mut p = start;
+        for _ in 0..n {
+            p = calendar.period_start(p - Days::new(1), g);
+        }
+        p
+    };
+    let bad = || format!("`{text}` is not a range I know; write one of: {RANGE_FORMS}");
+    match words.as_slice() {
+        ["today"] => Ok((as_of, as_of)),
+        ["yesterday"] => Ok((as_of - Days::new(1), as_of - Days::new(1))),
+        ["this", u] | [u, "to", "date"] => {
+            let g = unit(u).ok_or_else(bad)?;
+            Ok((this(g), as_of))
+        }
+        [abbr] if ["wtd", "mtd", "qtd", "ytd"].contains(abbr) => {
+            let g = match *abbr {
+                "wtd" => Grain::Week,
+                "mtd" => Grain::Month,
+                "qtd" => Grain::Quarter,
+                _ => Grain::Year,
+            };
+            Ok((this(g), as_of))
+        }
+        ["last" | "previous", u] => {
+            let g = unit(u).ok_or_else(bad)?;
+            let start = this(g);
+            Ok((back(start, g, 1), start - Days::new(1)))
+        }
+        ["last" | "previous", n, u] | ["last" | "previous", n, "complete", u] => {
+            let g = unit(u).ok_or_else(bad)?;
+            let n: u32 = n.parse().ok().filter(|&n| n >= 1 && n <= 100_000).ok_or_else(bad)?;
+            let start = this(g);
+            if words.contains(&"complete") {
+                Ok((back(start, g, n), start - Days::new(1)))
+            } else {
+                Ok((back(start, g, n - 1), as_of))
+            }
+        }
+        _ => Err(bad()),
+    }
+}
+
 /// Days since 1970-01-01 (Arrow's Date32).
 pub fn to_days(d: NaiveDate) -> i32 {
     (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32
@@ -136,6 +193,28 @@ mod tests {
         let cal = Calendar::default();
         assert_eq!(cal.period_start(d("2026-08-15"), Grain::Quarter), d("2026-07-01"));
         assert_eq!(cal.period_start(d("2024-02-29"), Grain::Year), d("2024-01-01"));
+    }
+
+    #[test]
+    fn relative_ranges() {
+        let cal = Calendar::default();
+        let as_of = d("2026-03-18"); // a Wednesday
+        let r = |t: &str| relative_range(t, as_of, &cal).unwrap();
+        assert_eq!(r("last 12 weeks"), (d("2025-12-29"), as_of));
+        assert_eq!(r("last 2 complete weeks"), (d("2026-03-02"), d("2026-03-15")));
+        assert_eq!(r("this quarter"), (d("2026-01-01"), as_of));
+        assert_eq!(r("year to date"), (d("2026-01-01"), as_of));
+        assert_eq!(r("mtd"), (d("2026-03-01"), as_of));
+        assert_eq!(r("last month"), (d("2026-02-01"), d("2026-02-28")));
+        assert_eq!(r("last 7 days"), (d("2026-03-12"), as_of));
+        assert_eq!(r("yesterday"), (d("2026-03-17"), d("2026-03-17")));
+        let april = Calendar {
+            fiscal_year_start: 4,
+            ..cal
+        };
+        assert_eq!(relative_range("ytd", as_of, &april).unwrap(), (d("2025-04-01"), as_of));
+        assert!(relative_range("last 12 parsecs", as_of, &cal).is_err());
+        assert!(relative_range("last -1 weeks", as_of, &cal).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::data::{self, SourceData};
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::settings::Settings;
 use crate::span::{Files, Span};
+use crate::time::Grain;
 use datafusion::prelude::SessionContext;
 use std::collections::HashMap;
 
@@ -25,6 +26,8 @@ pub const AGGREGATES: &[&str] = &[
     "median",
     "percentile",
 ];
+/// Functions of metrics over time and breakdowns.
+pub const TIME_FUNCTIONS: &[&str] = &["rolling", "cumulative", "to_date", "share", "last", "first"];
 /// Row-level functions of the expression language.
 pub const FUNCTIONS: &[&str] = &["days_between", "hours_between", "coalesce", "lower", "upper"];
 
@@ -73,6 +76,7 @@ pub async fn resolve(
     let dimensions = r.dimensions();
     let metrics = r.metrics();
     r.cycles(&metrics);
+    r.time_checks(&metrics);
     for d in &defs.deferred {
         r.diags.push(
             Diagnostic::error(
@@ -152,6 +156,17 @@ struct Resolver<'a> {
     dims: Vec<Option<RowExpr>>,
     metric_index: HashMap<String, MetricId>,
     measures: Vec<Measure>,
+    /// Windows, offsets and snapshots, checked once every metric is resolved.
+    time_uses: Vec<TimeUse>,
+}
+
+/// A use of time in a metric: what needs a time column, and what may not be windowed.
+struct TimeUse {
+    span: Span,
+    /// `rolling`, `an offset`, ...
+    what: String,
+    formula: Formula,
+    window: bool,
 }
 
 type R<T> = Result<T, ()>;
@@ -171,6 +186,7 @@ impl<'a> Resolver<'a> {
             dims: Vec::new(),
             metric_index: HashMap::new(),
             measures: Vec::new(),
+            time_uses: Vec::new(),
         }
     }
 
@@ -642,6 +658,13 @@ impl<'a> Resolver<'a> {
                 let (func, ty) = self.function(name, &xs, args, span)?;
                 (RowKind::Func(func, xs), ty)
             }
+            ExprKind::Duration { .. } | ExprKind::Offset { .. } | ExprKind::Conversion(_) => {
+                let d = Diagnostic::error("E0512", "time functions belong at the top of a metric")
+                    .at(span, "not a value of a single row")
+                    .note("filters and dimensions work on single rows");
+                self.error(d);
+                return Err(());
+            }
         };
         Ok(RowExpr { kind, ty })
     }
@@ -854,14 +877,38 @@ impl<'a> Resolver<'a> {
             }
             ExprKind::Call { name, args, filter } if AGGREGATES.contains(&name.value.as_str()) => {
                 let m = self.measure(name, args, filter.as_deref(), e.span)?;
-                let id = match self.measures.iter().position(|x| *x == m) {
-                    Some(id) => id,
-                    None => {
-                        self.measures.push(m);
-                        self.measures.len() - 1
-                    }
-                };
-                Ok(Formula::Measure(id))
+                Ok(Formula::Measure(self.intern(m)))
+            }
+            ExprKind::Call { name, args, filter } if TIME_FUNCTIONS.contains(&name.value.as_str()) => {
+                if let Some(f) = filter {
+                    let d = Diagnostic::error("E0543", format!("`{}` takes no `where`", name.value))
+                        .at(f.span, "a filter here")
+                        .note("filters belong inside the aggregate: `sum(jobs.amount where paid)`");
+                    self.error(d);
+                    return Err(());
+                }
+                self.time_function(e, name, args)
+            }
+            ExprKind::Offset { expr, amount, unit } => {
+                let inner = self.formula(expr);
+                let unit = self.time_unit(unit, true)?;
+                let amount = self.whole(*amount, e.span, "an offset", false)?;
+                let f = Formula::Offset(Offset { amount, unit }, Box::new(inner?));
+                self.time_uses.push(TimeUse {
+                    span: e.span,
+                    what: "an offset".into(),
+                    formula: f.clone(),
+                    window: false,
+                });
+                Ok(f)
+            }
+            ExprKind::Conversion(c) => self.conversion(c),
+            ExprKind::Duration { .. } => {
+                let d = Diagnostic::error("E0525", "a duration is not a value")
+                    .at(e.span, "a length of time")
+                    .note("durations are arguments: `rolling(revenue, 7 days)`");
+                self.error(d);
+                Err(())
             }
             ExprKind::Call { name, .. } if FUNCTIONS.contains(&name.value.as_str()) => {
                 let d = Diagnostic::error(
@@ -901,6 +948,321 @@ impl<'a> Resolver<'a> {
         }
     }
 
+    /// The id of a measure, shared with an identical one.
+    fn intern(&mut self, m: Measure) -> MeasureId {
+        match self.measures.iter().position(|x| *x == m) {
+            Some(id) => id,
+            None => {
+                self.measures.push(m);
+                self.measures.len() - 1
+            }
+        }
+    }
+
+    /// `rolling`, `cumulative`, `to_date`, `share`, `last` and `first`.
+    fn time_function(&mut self, e: &Expr, name: &ast::Name, args: &[Expr]) -> R<Formula> {
+        let f = name.value.as_str();
+        let usage = match f {
+            "rolling" => "rolling(revenue, 7 days)",
+            "cumulative" => "cumulative(revenue)",
+            "to_date" => "to_date(revenue, month)",
+            "share" => "share(enquiries)",
+            "last" => "last(sum(balances.amount))",
+            _ => "first(sum(balances.amount))",
+        };
+        let (formula, window) = match (f, args) {
+            ("rolling", [m, length]) => {
+                let inner = self.formula(m);
+                let ExprKind::Duration { amount, unit } = &length.kind else {
+                    let d = Diagnostic::error("E0544", "a rolling window needs a length with a unit")
+                        .at(length.span, "expected e.g. `7 days`")
+                        .note(format!("e.g. `{usage}`"));
+                    self.error(d);
+                    return Err(());
+                };
+                let unit = self.time_unit(unit, false)?;
+                let amount = self.whole(*amount, length.span, "a window", true)?;
+                let window = Window::Rolling {
+                    amount: amount as u32,
+                    unit: unit.expect("a unit of time"),
+                };
+                (Formula::Window(window, Box::new(inner?)), true)
+            }
+            ("cumulative", [m]) => (Formula::Window(Window::Cumulative, Box::new(self.formula(m)?)), true),
+            ("to_date", [m, g]) => {
+                let inner = self.formula(m);
+                let grain = match &g.kind {
+                    ExprKind::Name(n) => Grain::parse(n),
+                    _ => None,
+                };
+                let Some(grain) = grain else {
+                    let d = Diagnostic::error(
+                        "E0545",
+                        format!("`{}` is not a period to reset at", self.files.text(g.span)),
+                    )
+                    .at(g.span, "expected week, month, quarter or year")
+                    .suggest(self.files.text(g.span), ["day", "week", "month", "quarter", "year"]);
+                    self.error(d);
+                    return Err(());
+                };
+                (Formula::Window(Window::ToDate(grain), Box::new(inner?)), true)
+            }
+            ("share", [m]) => return Ok(Formula::Share(Box::new(self.formula(m)?))),
+            ("last" | "first", [a]) => {
+                let snapshot = if f == "last" { Snapshot::Last } else { Snapshot::First };
+                let mut m = match &a.kind {
+                    ExprKind::Call { name, args, filter } if AGGREGATES.contains(&name.value.as_str()) => {
+                        self.measure(name, args, filter.as_deref(), a.span)?
+                    }
+                    ExprKind::Name(_) | ExprKind::Qualified(..) => {
+                        let sum = ast::Name::new("sum".into(), a.span);
+                        self.measure(&sum, std::slice::from_ref(a), None, a.span)?
+                    }
+                    _ => {
+                        let d = Diagnostic::error("E0546", format!("`{f}` takes an aggregate or a column"))
+                            .at(a.span, "not an aggregate")
+                            .note(format!("e.g. `{usage}`"));
+                        self.error(d);
+                        return Err(());
+                    }
+                };
+                m.snapshot = Some(snapshot);
+                (Formula::Measure(self.intern(m)), false)
+            }
+            _ => {
+                let d = Diagnostic::error("E0514", format!("`{f}` takes {}", arguments(usage)))
+                    .at(e.span, "wrong arguments")
+                    .note(format!("e.g. `{usage}`"));
+                self.error(d);
+                return Err(());
+            }
+        };
+        self.time_uses.push(TimeUse {
+            span: e.span,
+            what: format!("`{f}`"),
+            formula: formula.clone(),
+            window,
+        });
+        Ok(formula)
+    }
+
+    /// `days`, `week`, ... as a grain; `period` (where allowed) as `None`.
+    fn time_unit(&mut self, unit: &ast::Name, period: bool) -> R<Option<Grain>> {
+        let word = unit.value.strip_suffix('s').unwrap_or(&unit.value);
+        if period && word == "period" {
+            return Ok(None);
+        }
+        if let Some(g) = Grain::parse(word) {
+            return Ok(Some(g));
+        }
+        let mut units = vec!["days", "weeks", "months", "quarters", "years"];
+        if period {
+            units.push("periods");
+        }
+        let d = Diagnostic::error("E0547", format!("unknown unit of time `{}`", unit.value))
+            .at(unit.span, format!("expected {}", units.join(", ")))
+            .suggest(&unit.value, units.iter().copied());
+        self.error(d);
+        Err(())
+    }
+
+    /// An amount of time units: a whole number (positive where `positive`).
+    fn whole(&mut self, amount: f64, span: Span, what: &str, positive: bool) -> R<i32> {
+        if amount.fract() != 0.0 || amount.abs() > 100_000.0 || (positive && amount < 1.0) {
+            let kind = if positive {
+                "a whole number of at least 1"
+            } else {
+                "a whole number"
+            };
+            let d = Diagnostic::error("E0548", format!("the length of {what} must be {kind}")).at(span, "here");
+            self.error(d);
+            return Err(());
+        }
+        Ok(amount as i32)
+    }
+
+    /// `conversion(BASE -> TARGET by ENTITY within N UNIT)`.
+    fn conversion(&mut self, c: &ast::ConversionExpr) -> R<Formula> {
+        let source = |r: &mut Self, n: &ast::Name| match r.source_index.get(&n.value) {
+            Some(&id) => Ok(id),
+            None => {
+                let d = Diagnostic::error("E0503", format!("unknown source `{}`", n.value))
+                    .at(n.span, "no source of this name")
+                    .suggest(&n.value, r.source_names.iter().map(|s| s.as_str()));
+                r.error(d);
+                Err(())
+            }
+        };
+        let base = source(self, &c.base);
+        let target = source(self, &c.target);
+        let (base, target) = (base?, target?);
+        let base_filter = match &c.base_filter {
+            Some(f) => Some(self.condition(f, base)?),
+            None => None,
+        };
+        let target_filter = match &c.target_filter {
+            Some(f) => Some(self.condition(f, target)?),
+            None => None,
+        };
+        let (Some(bs), Some(ts)) = (self.schemas[base].clone(), self.schemas[target].clone()) else {
+            return Err(());
+        };
+        let columns = |s: &datafusion::arrow::datatypes::SchemaRef| -> Vec<String> {
+            s.fields().iter().map(|f| f.name().clone()).collect()
+        };
+        let common: Vec<String> = columns(&bs)
+            .into_iter()
+            .filter(|n| ts.field_with_name(n).is_ok())
+            .collect();
+        let entity = &c.entity;
+        if !common.contains(&entity.value) {
+            let (b, t) = (&self.source_names[base], &self.source_names[target]);
+            let mut d = Diagnostic::error(
+                "E0549",
+                format!("sources `{b}` and `{t}` do not share a column `{}`", entity.value),
+            )
+            .at(entity.span, "the entity must be a column of both sources");
+            d = if common.is_empty() {
+                d.note(format!("`{b}` and `{t}` have no column in common"))
+            } else {
+                d.suggest(&entity.value, common.iter().map(|s| s.as_str()))
+                    .note(format!("columns of both: {}", common.join(", ")))
+            };
+            self.error(d);
+            return Err(());
+        }
+        let ty = |s: &datafusion::arrow::datatypes::SchemaRef| {
+            s.field_with_name(&entity.value)
+                .map(|f| ValueType::of(f.data_type()))
+                .ok()
+        };
+        if let (Some(a), Some(b)) = (ty(&bs), ty(&ts))
+            && a != b
+        {
+            let d = Diagnostic::error(
+                "E0504",
+                format!(
+                    "`{}` is a {} in `{}` and a {} in `{}`",
+                    entity.value,
+                    a.name(),
+                    self.source_names[base],
+                    b.name(),
+                    self.source_names[target]
+                ),
+            )
+            .at(entity.span, "the entity's types differ");
+            self.error(d);
+            return Err(());
+        }
+        for (sid, n) in [(base, &c.base), (target, &c.target)] {
+            if self.defs.sources[sid].time.is_none() {
+                let d = Diagnostic::error(
+                    "E0540",
+                    format!("a conversion needs a time column: source `{}` has none", n.value),
+                )
+                .at(n.span, "a source without `time`")
+                .also(self.defs.sources[sid].name.span, "declare `time: COLUMN` here");
+                self.error(d);
+                return Err(());
+            }
+        }
+        let (amount, unit) = &c.within.value;
+        let per = match unit.strip_suffix('s').unwrap_or(unit) {
+            "hour" => 3600,
+            "day" => 86_400,
+            "week" => 7 * 86_400,
+            _ => {
+                let d = Diagnostic::error("E0547", format!("unknown unit of a conversion window `{unit}`"))
+                    .at(c.within.span, "expected hours, days or weeks")
+                    .suggest(unit, ["hours", "days", "weeks"]);
+                self.error(d);
+                return Err(());
+            }
+        };
+        let amount = self.whole(*amount, c.within.span, "a conversion window", true)?;
+        let converted = Measure {
+            source: base,
+            agg: Agg::Count,
+            arg: None,
+            filter: base_filter.clone(),
+            snapshot: None,
+            conversion: Some(Conversion {
+                target,
+                target_filter,
+                entity: entity.value.clone(),
+                within_seconds: amount as i64 * per,
+            }),
+        };
+        let converted = Formula::Measure(self.intern(converted));
+        if c.count {
+            return Ok(converted);
+        }
+        let all = Measure {
+            source: base,
+            agg: Agg::Count,
+            arg: None,
+            filter: base_filter,
+            snapshot: None,
+            conversion: None,
+        };
+        let all = Formula::Measure(self.intern(all));
+        Ok(Formula::Binary(BinOp::Div, Box::new(converted), Box::new(all)))
+    }
+
+    /// Every window, offset and snapshot reads a source with a time column; windows are not
+    /// nested and do not add up snapshots.
+    fn time_checks(&mut self, metrics: &[Option<Metric>]) {
+        let uses = std::mem::take(&mut self.time_uses);
+        for u in uses {
+            let mut measures = Vec::new();
+            let mut windows = 0;
+            let mut seen = Vec::new();
+            let mut stack = vec![u.formula.clone()];
+            while let Some(f) = stack.pop() {
+                f.walk(&mut |x| match x {
+                    Formula::Measure(m) => measures.push(*m),
+                    Formula::Metric(id) => {
+                        if !seen.contains(id) {
+                            seen.push(*id);
+                            if let Some(Some(m)) = metrics.get(*id) {
+                                stack.push(m.formula.clone());
+                            }
+                        }
+                    }
+                    Formula::Window(..) => windows += 1,
+                    _ => {}
+                });
+            }
+            let mut sources: Vec<SourceId> = measures.iter().map(|&m| self.measures[m].source).collect();
+            sources.dedup();
+            if let Some(&s) = sources.iter().find(|&&s| self.defs.sources[s].time.is_none()) {
+                let name = &self.defs.sources[s].name;
+                let d = Diagnostic::error(
+                    "E0540",
+                    format!("{} needs a time column: source `{}` has none", u.what, name.value),
+                )
+                .at(u.span, "over time")
+                .also(name.span, "declare `time: COLUMN` in this source");
+                self.error(d);
+                continue;
+            }
+            if !u.window {
+                continue;
+            }
+            if windows > 1 {
+                let d = Diagnostic::error("E0541", format!("{} over a metric that is already a window", u.what))
+                    .at(u.span, "a window of a window")
+                    .note("apply one window to the base metric: `rolling(revenue, 28 days)`");
+                self.error(d);
+            } else if measures.iter().any(|&m| self.measures[m].snapshot.is_some()) {
+                let d = Diagnostic::error("E0542", format!("{} cannot add up a balance over time", u.what))
+                    .at(u.span, "a window over `last` or `first`")
+                    .note("a balance at the end of a period is not summed across periods; compare it with an offset instead: `balance[-1 month]`");
+                self.error(d);
+            }
+        }
+    }
+
     fn measure(&mut self, name: &ast::Name, args: &[Expr], filter: Option<&Expr>, span: Span) -> R<Measure> {
         let agg_name = name.value.as_str();
         // count(source) counts rows of a source.
@@ -918,6 +1280,8 @@ impl<'a> Resolver<'a> {
                 agg: Agg::Count,
                 arg: None,
                 filter,
+                snapshot: None,
+                conversion: None,
             });
         }
         // count(name) where `name` is neither a source nor a column anywhere: a misspelt source.
@@ -1012,6 +1376,8 @@ impl<'a> Resolver<'a> {
             agg,
             arg: Some(x),
             filter,
+            snapshot: None,
+            conversion: None,
         })
     }
 
@@ -1113,8 +1479,19 @@ fn metric_refs(e: &Expr, index: &HashMap<String, MetricId>, out: &mut Vec<(Metri
             metric_refs(a, index, out);
             metric_refs(b, index, out);
         }
-        ExprKind::Neg(a) => metric_refs(a, index, out),
+        ExprKind::Neg(a) | ExprKind::Offset { expr: a, .. } => metric_refs(a, index, out),
+        ExprKind::Call { name, args, .. } if TIME_FUNCTIONS.contains(&name.value.as_str()) => {
+            args.iter().for_each(|a| metric_refs(a, index, out))
+        }
         _ => {}
+    }
+}
+
+/// `rolling(revenue, 7 days)` → "a metric and a length"; for the arity message.
+fn arguments(usage: &str) -> &'static str {
+    match usage.split(',').count() {
+        1 => "one argument",
+        _ => "two arguments",
     }
 }
 

@@ -3,6 +3,7 @@
 use crate::ast::{BinOp, DeferredDef, Direction, Format};
 use crate::data::SourceData;
 use crate::span::Span;
+use crate::time::Grain;
 use chrono::NaiveDate;
 use std::collections::HashMap;
 
@@ -106,7 +107,9 @@ impl Model {
                 }
                 Formula::Metric(id) => walk(model, &model.metrics[*id].formula, out),
                 Formula::Number(_) => {}
-                Formula::Neg(a) => walk(model, a, out),
+                Formula::Neg(a) | Formula::Window(_, a) | Formula::Offset(_, a) | Formula::Share(a) => {
+                    walk(model, a, out)
+                }
                 Formula::Binary(_, a, b) => {
                     walk(model, a, out);
                     walk(model, b, out);
@@ -222,6 +225,82 @@ pub enum Formula {
     Neg(Box<Formula>),
     /// `+ - * /`; division by zero or null gives null.
     Binary(BinOp, Box<Formula>, Box<Formula>),
+    /// The formula with each of its measures computed over a window of time: a rolling
+    /// ratio is the rolling numerator over the rolling denominator.
+    Window(Window, Box<Formula>),
+    /// The formula's value in an earlier (or later) period.
+    Offset(Offset, Box<Formula>),
+    /// The formula's value over its value for all breakdown values of the period together.
+    Share(Box<Formula>),
+}
+
+impl Formula {
+    /// Calls `f` on this formula and every formula inside it (not through other metrics).
+    pub fn walk(&self, f: &mut dyn FnMut(&Formula)) {
+        f(self);
+        match self {
+            Formula::Neg(a) | Formula::Window(_, a) | Formula::Offset(_, a) | Formula::Share(a) => a.walk(f),
+            Formula::Binary(_, a, b) => {
+                a.walk(f);
+                b.walk(f);
+            }
+            Formula::Measure(_) | Formula::Metric(_) | Formula::Number(_) => {}
+        }
+    }
+}
+
+/// A window of time that ends with each period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Window {
+    /// The last `amount` units up to the end of each period: `rolling(revenue, 7 days)`.
+    Rolling { amount: u32, unit: Grain },
+    /// From the first row of data to the end of each period.
+    Cumulative,
+    /// From the start of the `Grain` period that holds each period's last day.
+    ToDate(Grain),
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Window::Rolling { amount, unit } => write!(f, "rolling {amount} {}s", unit.name()),
+            Window::Cumulative => write!(f, "cumulative"),
+            Window::ToDate(g) => write!(f, "{}-to-date", g.name()),
+        }
+    }
+}
+
+/// `[-1 year]`: `amount` units of time; a unit of `None` is one period of the query's grain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Offset {
+    pub amount: i32,
+    pub unit: Option<Grain>,
+}
+
+impl std::fmt::Display for Offset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = self.unit.map(|g| g.name()).unwrap_or("period");
+        write!(f, "[{:+} {unit}]", self.amount)
+    }
+}
+
+/// Semi-additive measures: the value at the last (or first) day of each period that has
+/// rows, never added up across time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Snapshot {
+    First,
+    Last,
+}
+
+/// The base rows of a measure that are followed, within a window, by a row of `target`
+/// with the same entity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conversion {
+    pub target: SourceId,
+    pub target_filter: Option<RowExpr>,
+    /// The entity column, in the base source and in the target.
+    pub entity: String,
+    pub within_seconds: i64,
 }
 
 /// An aggregate function.
@@ -258,6 +337,18 @@ pub struct Measure {
     /// `None` counts rows.
     pub arg: Option<RowExpr>,
     pub filter: Option<RowExpr>,
+    /// `last(...)`, `first(...)`: the aggregate over the rows of one day of the period.
+    pub snapshot: Option<Snapshot>,
+    /// `conversions(...)`: counts only the rows that convert.
+    pub conversion: Option<Conversion>,
+}
+
+impl Measure {
+    /// Over no rows: 0 for counts and sums, null for the others and for snapshots (no
+    /// balance is known for a period without one).
+    pub fn zero_when_empty(&self) -> bool {
+        self.snapshot.is_none() && self.agg.zero_when_empty()
+    }
 }
 
 /// A typed row-level expression.

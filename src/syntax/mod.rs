@@ -5,8 +5,8 @@
 //! each definition is parsed alone, so one run reports every broken definition of a file.
 
 use crate::ast::{
-    BinOp, DeferredDef, Definitions, DimensionDef, Direction, Expr, ExprKind, Format, JoinDef, Meta, MetricDef, Name,
-    SourceDef,
+    BinOp, ConversionExpr, DeferredDef, Definitions, DimensionDef, Direction, Expr, ExprKind, Format, JoinDef, Meta,
+    MetricDef, Name, SourceDef,
 };
 use crate::diagnostic::Diagnostic;
 use crate::span::{FileId, Span, Spanned};
@@ -44,6 +44,7 @@ static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
         .op(Op::infix(Rule::op_add, Assoc::Left) | Op::infix(Rule::op_sub, Assoc::Left))
         .op(Op::infix(Rule::op_mul, Assoc::Left) | Op::infix(Rule::op_div, Assoc::Left))
         .op(Op::prefix(Rule::op_neg))
+        .op(Op::postfix(Rule::offset))
 });
 
 /// Parses one `.tally` file. Returns what could be read and every problem found.
@@ -214,8 +215,12 @@ impl Ctx {
         }
         let expected = match &e.variant {
             ErrorVariant::ParsingError { positives, .. } => {
-                let mut words: Vec<&str> = positives.iter().filter_map(|r| rule_words(*r)).collect();
-                words.dedup();
+                let mut words: Vec<&str> = Vec::new();
+                for w in positives.iter().filter_map(|r| rule_words(*r)) {
+                    if !words.contains(&w) {
+                        words.push(w);
+                    }
+                }
                 words.truncate(6);
                 words
             }
@@ -436,6 +441,23 @@ impl Ctx {
                         expr: Box::new(lhs),
                         negated: true,
                     },
+                    Rule::offset => {
+                        let mut back = false;
+                        let mut amount = 0.0;
+                        let mut unit = None;
+                        for p in op.into_inner() {
+                            match p.as_rule() {
+                                Rule::offset_sign => back = p.as_str() == "-",
+                                Rule::number => amount = parse_number(p.as_str(), self.span(p.as_span()))?,
+                                _ => unit = Some(self.name(p)),
+                            }
+                        }
+                        ExprKind::Offset {
+                            expr: Box::new(lhs),
+                            amount: if back { -amount } else { amount },
+                            unit: unit.expect("unit"),
+                        }
+                    }
                     Rule::in_list => {
                         let mut negated = false;
                         let mut list = Vec::new();
@@ -499,6 +521,14 @@ impl Ctx {
             .parse(pair.into_inner())
     }
 
+    /// `7 days`: the amount and the unit as written.
+    fn duration(&self, pair: Pair<Rule>) -> Result<(f64, Name)> {
+        let mut i = pair.into_inner();
+        let n = i.next().expect("number");
+        let amount = parse_number(n.as_str(), self.span(n.as_span()))?;
+        Ok((amount, self.name(i.next().expect("unit"))))
+    }
+
     fn operand(&self, pair: Pair<Rule>) -> Result<Expr> {
         let span = self.span(pair.as_span());
         let mut inner: Vec<Pair<Rule>> = pair.into_inner().collect();
@@ -537,6 +567,38 @@ impl Ctx {
                 }
             }
             Rule::ident => ExprKind::Name(p.as_str().to_string()),
+            Rule::duration => {
+                let (amount, unit) = self.duration(p)?;
+                ExprKind::Duration { amount, unit }
+            }
+            Rule::conversion => {
+                let mut i = p.into_inner();
+                let count = i.next().expect("kind").as_str() == "conversions";
+                let side = |pair: Pair<Rule>| -> Result<(Name, Option<Expr>)> {
+                    let mut s = pair.into_inner();
+                    let name = self.name(s.next().expect("source"));
+                    let filter = match s.next() {
+                        Some(w) => Some(self.expr(w.into_inner().nth(1).expect("where expr"))?),
+                        None => None,
+                    };
+                    Ok((name, filter))
+                };
+                let (base, base_filter) = side(i.next().expect("base"))?;
+                let (target, target_filter) = side(i.next().expect("target"))?;
+                let entity = self.name(i.nth(1).expect("entity"));
+                let within = i.nth(1).expect("window");
+                let within_span = self.span(within.as_span());
+                let (amount, unit) = self.duration(within)?;
+                ExprKind::Conversion(Box::new(ConversionExpr {
+                    count,
+                    base,
+                    base_filter,
+                    target,
+                    target_filter,
+                    entity,
+                    within: Spanned::new((amount, unit.value), within_span),
+                }))
+            }
             Rule::qualified => {
                 let mut i = p.into_inner();
                 let s = self.name(i.next().expect("source"));
@@ -700,6 +762,11 @@ fn rule_words(rule: Rule) -> Option<&'static str> {
         Rule::block => "`{`",
         Rule::label => "a label in quotes",
         Rule::where_clause => "`where`",
+        Rule::duration => "a duration (`7 days`)",
+        Rule::time_unit => "a unit of time (days, weeks, months, quarters, years)",
+        Rule::conversion => "a conversion",
+        Rule::kw_by => "`by`",
+        Rule::kw_within => "`within`",
         Rule::op_or
         | Rule::op_and
         | Rule::op_eq

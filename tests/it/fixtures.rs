@@ -379,6 +379,7 @@ fn category_filters_are_evaluated_on_a_pre_aggregate_with_the_same_numbers() {
         from: None,
         to: None,
         filter: None,
+        compare: None,
     };
     let plan = tally::plan::build(&env.model, &env.files, &env.settings.calendar(), query).unwrap();
     assert_eq!(
@@ -453,6 +454,7 @@ fn aggregating_before_a_lookup_join_gives_the_same_numbers() {
             from: None,
             to: None,
             filter: None,
+            compare: None,
         };
         let plan = tally::plan::build(&env.model, &env.files, &env.settings.calendar(), query).unwrap();
         format!("{}", plan.scans[0].plan.display_indent())

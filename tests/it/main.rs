@@ -73,6 +73,7 @@ pub struct Q<'a> {
     pub from: Option<&'a str>,
     pub to: Option<&'a str>,
     pub filter: Option<&'a str>,
+    pub compare: Option<tally::plan::Compare>,
 }
 
 impl Env {
@@ -96,6 +97,7 @@ impl Env {
             from: q.from.map(|d| d.parse().unwrap()),
             to: q.to.map(|d| d.parse().unwrap()),
             filter,
+            compare: q.compare,
         };
         runtime().block_on(tally::run::query(
             &self.ctx,

@@ -49,6 +49,23 @@ fn sexpr(e: &Expr) -> String {
                 .map(|f| format!(" :where {}", sexpr(f)))
                 .unwrap_or_default()
         ),
+        ExprKind::Duration { amount, unit } => format!("(duration {amount} {})", unit.value),
+        ExprKind::Offset { expr, amount, unit } => format!("(offset {} {amount} {})", sexpr(expr), unit.value),
+        ExprKind::Conversion(c) => {
+            let side = |n: &tally::ast::Name, f: &Option<Expr>| match f {
+                Some(f) => format!("{} :where {}", n.value, sexpr(f)),
+                None => n.value.clone(),
+            };
+            format!(
+                "({} {} -> {} :by {} :within {} {})",
+                if c.count { "conversions" } else { "conversion" },
+                side(&c.base, &c.base_filter),
+                side(&c.target, &c.target_filter),
+                c.entity.value,
+                c.within.value.0,
+                c.within.value.1
+            )
+        }
     }
 }
 
@@ -253,6 +270,7 @@ fn plans_are_one_aggregate_per_source() {
         from: None,
         to: None,
         filter: None,
+        compare: None,
     };
     let plan = tally::plan::build(&env.model, &env.files, &env.settings.calendar(), query).unwrap();
     let mut out = String::new();

@@ -7,9 +7,15 @@
 
 use crate::ast::{BinOp, Expr as AstExpr};
 use crate::diagnostic::Diagnostic;
-use crate::model::{Agg, DimensionId, Func, MeasureId, MetricId, Model, RowExpr, RowKind, SourceId, ValueType};
+use crate::model::{
+    Agg, Conversion, DimensionId, Func, MeasureId, MetricId, Model, RowExpr, RowKind, Snapshot, SourceId, ValueType,
+    Window,
+};
 use crate::span::Files;
-use crate::time::{Calendar, Grain, to_days};
+use crate::time::{Calendar, Grain, from_days, to_days};
+
+pub mod terms;
+
 use chrono::{NaiveDate, TimeZone};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::{Column, JoinType, ScalarValue, TableReference};
@@ -18,6 +24,7 @@ use datafusion::functions::expr_fn as func;
 use datafusion::functions_aggregate::expr_fn as agg;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast, lit};
 use datafusion::prelude::SessionContext;
+pub use terms::{Compare, Output, Series, SeriesKind, Shift, Term};
 
 /// Names of the columns a scan produces.
 pub const PERIOD: &str = "__period";
@@ -31,7 +38,7 @@ pub fn measure_column(m: MeasureId) -> String {
 }
 
 /// What to compute.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Query {
     pub metrics: Vec<MetricId>,
     /// `None`: one total over the whole range.
@@ -39,25 +46,35 @@ pub struct Query {
     pub dimensions: Vec<DimensionId>,
     /// First day included.
     pub from: Option<NaiveDate>,
-    /// Last day included.
+    /// Last day included; no row after it is read.
     pub to: Option<NaiveDate>,
     /// `--where`, parsed; resolved against each scanned source.
     pub filter: Option<AstExpr>,
+    /// `--compare`: each metric next to an earlier period's value.
+    pub compare: Option<Compare>,
 }
 
-/// The plans of a query: one scan per source, and the key checks of the joins it uses.
+/// The first and the last day with data, over the sources of a query.
+pub type DataRange = (NaiveDate, NaiveDate);
+
+/// The plans of a query: the scans, the key checks of the joins they use, and how the
+/// result's columns are computed from the scans' series.
 #[derive(Debug)]
 pub struct QueryPlan {
     pub query: Query,
+    pub outputs: Vec<Output>,
+    /// The periods shown, fixed before running when a metric reads other periods or windows.
+    pub periods: Option<Vec<NaiveDate>>,
     pub scans: Vec<Scan>,
     pub key_checks: Vec<KeyCheck>,
 }
 
-/// One aggregate over one source (and the sources it joins).
+/// One aggregate over one source (and the sources it joins): a series per measure.
 #[derive(Debug)]
 pub struct Scan {
     pub source: SourceId,
     pub measures: Vec<MeasureId>,
+    pub kind: SeriesKind,
     pub plan: LogicalPlan,
 }
 
@@ -76,24 +93,193 @@ fn internal(e: datafusion::error::DataFusionError) -> Diagnostic {
     Diagnostic::data("E0701", format!("cannot plan the query: {}", e.strip_backtrace()))
 }
 
-/// Plans a query.
-pub fn build(model: &Model, files: &Files, calendar: &Calendar, query: Query) -> Result<QueryPlan> {
-    let mut measures: Vec<MeasureId> = Vec::new();
-    for &m in &query.metrics {
-        model.measures_of(m, &mut measures);
+/// The sources whose first and last day of data a query needs before it can be planned
+/// (windows and offsets without `--from` or `--to`, cumulative windows), if any.
+pub fn range_sources(model: &Model, query: &Query) -> Result<Option<Vec<SourceId>>> {
+    let outputs = terms::columns(model, &query.metrics, query.grain, query.compare)?;
+    let mut sources = Vec::new();
+    let mut timed = false;
+    let mut cumulative = false;
+    for o in &outputs {
+        timed |= o.term.is_timed();
+        o.term.walk(&mut |t| {
+            if let Term::Series((m, kind), _) = t {
+                cumulative |= kind.window == Some(Window::Cumulative);
+                let s = model.measures[*m].source;
+                if !sources.contains(&s) {
+                    sources.push(s);
+                }
+            }
+        });
     }
-    let mut by_source: Vec<(SourceId, Vec<MeasureId>)> = Vec::new();
-    for m in measures {
-        let s = model.measures[m].source;
-        match by_source.iter_mut().find(|(x, _)| *x == s) {
-            Some((_, v)) => v.push(m),
-            None => by_source.push((s, vec![m])),
+    let needed = timed && (query.from.is_none() || query.to.is_none() || cumulative);
+    Ok(needed.then_some(sources))
+}
+
+/// The first and last time value of a source, as UTC timestamps (dates at midnight).
+pub fn range_plan(model: &Model, source: SourceId) -> Result<Option<LogicalPlan>> {
+    let Some(t) = &model.sources[source].time else {
+        return Ok(None);
+    };
+    let tv = time_value(model, source, &t.name);
+    let utc = |e: Expr| match &tv.data_type {
+        DataType::Timestamp(unit, Some(_)) => cast(
+            cast(e, DataType::Timestamp(*unit, Some("UTC".into()))),
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+        ),
+        _ => cast(e, DataType::Timestamp(TimeUnit::Microsecond, None)),
+    };
+    let plan = scan(model, source)?
+        .aggregate(
+            Vec::<Expr>::new(),
+            vec![
+                agg::min(tv.expr.clone()).alias("first"),
+                agg::max(tv.expr.clone()).alias("last"),
+            ],
+        )
+        .and_then(|b| {
+            b.project(vec![
+                utc(Expr::Column(Column::from_name("first"))).alias("first"),
+                utc(Expr::Column(Column::from_name("last"))).alias("last"),
+            ])
+        })
+        .and_then(|b| b.build())
+        .map_err(internal)?;
+    Ok(Some(plan))
+}
+
+/// Plans a query that needs no data range (see [`range_sources`]).
+pub fn build(model: &Model, files: &Files, calendar: &Calendar, query: Query) -> Result<QueryPlan> {
+    build_with_range(model, files, calendar, query, None)
+}
+
+/// How the measures of a scan are aggregated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Group {
+    Plain,
+    Snapshot(Snapshot),
+    /// A conversion measure: its rows are joined to the converting source first.
+    Conversion(MeasureId),
+}
+
+/// Plans a query; `range` is the data's first and last day where [`range_sources`] asks.
+pub fn build_with_range(
+    model: &Model,
+    files: &Files,
+    calendar: &Calendar,
+    query: Query,
+    range: Option<DataRange>,
+) -> Result<QueryPlan> {
+    let mut outputs = terms::columns(model, &query.metrics, query.grain, query.compare)?;
+    let timed = outputs.iter().any(|o| o.term.is_timed());
+    let periods = match query.grain {
+        Some(g) if timed => {
+            let from = query.from.or(range.map(|r| r.0));
+            let to = query.to.or(range.map(|r| r.1));
+            Some(match (from, to) {
+                (Some(f), Some(t)) => calendar.periods(f, t, g),
+                _ => Vec::new(),
+            })
+        }
+        _ => None,
+    };
+    // When --from cuts its period short, earlier periods are read whole, in series of their own.
+    if let (Some(g), Some(f)) = (query.grain, query.from)
+        && timed
+        && calendar.period_start(f, g) != f
+    {
+        for o in &mut outputs {
+            o.term = terms::extend_shifted(std::mem::replace(&mut o.term, Term::Number(0.0)));
+        }
+    }
+    // The series each output reads, and the shifts it reads them at.
+    let mut series: Vec<(Series, Vec<Shift>)> = Vec::new();
+    for o in &outputs {
+        o.term.walk(&mut |t| {
+            if let Term::Series(s, shift) = t {
+                match series.iter_mut().find(|(x, _)| x == s) {
+                    Some((_, shifts)) => {
+                        if !shifts.contains(shift) {
+                            shifts.push(*shift)
+                        }
+                    }
+                    None => series.push((*s, vec![*shift])),
+                }
+            }
+        });
+    }
+    // Scans: by source, kind and group, in the order first needed.
+    let mut groups: Vec<((SourceId, SeriesKind, Group), Vec<MeasureId>, Vec<Shift>)> = Vec::new();
+    for ((m, kind), shifts) in series {
+        let ms = &model.measures[m];
+        let group = match (ms.snapshot, &ms.conversion) {
+            (_, Some(_)) => Group::Conversion(m),
+            (Some(s), None) => Group::Snapshot(s),
+            (None, None) => Group::Plain,
+        };
+        let key = (ms.source, kind, group);
+        match groups.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, measures, all)) => {
+                measures.push(m);
+                for s in shifts {
+                    if !all.contains(&s) {
+                        all.push(s);
+                    }
+                }
+            }
+            None => groups.push((key, vec![m], shifts)),
         }
     }
     let mut scans = Vec::new();
     let mut key_checks: Vec<KeyCheck> = Vec::new();
-    for (source, ms) in by_source {
-        let (plan, joins) = scan_plan(model, files, calendar, &query, source, &ms)?;
+    for ((source, kind, group), ms, shifts) in groups {
+        let dims: &[DimensionId] = if kind.total { &[] } else { &query.dimensions };
+        // Every period this scan's values are read at.
+        let mut needed: Vec<NaiveDate> = periods
+            .iter()
+            .flatten()
+            .flat_map(|&p| shifts.iter().map(move |s| s.apply(p)))
+            .collect();
+        needed.sort();
+        needed.dedup();
+        let (from, to, shape) = match kind.window {
+            None => {
+                let earliest = needed.first().copied();
+                let from = if kind.extended {
+                    earliest
+                } else {
+                    query.from.map(|f| earliest.map_or(f, |e| e.min(f)))
+                };
+                let shape = match group {
+                    Group::Snapshot(s) => Shape::Snapshot(s),
+                    _ => Shape::Plain,
+                };
+                (from, query.to, shape)
+            }
+            Some(w) => {
+                let grain = query.grain.expect("windows are lowered with a grain");
+                let mapping = window_days(calendar, w, grain, &needed, query.to, range.map(|r| r.0));
+                let Some(from) = mapping.iter().map(|x| x.0).min() else {
+                    continue;
+                };
+                let to = mapping.iter().map(|x| x.0).max();
+                (Some(from_days(from)), to.map(from_days), Shape::Window(mapping))
+            }
+        };
+        let spec = ScanSpec {
+            source,
+            measures: &ms,
+            dims,
+            grain: query.grain,
+            from,
+            to,
+            shape,
+            conversion: match group {
+                Group::Conversion(m) => model.measures[m].conversion.as_ref(),
+                _ => None,
+            },
+        };
+        let (plan, joins) = scan_plan(model, files, calendar, &query, &spec)?;
         for (s, j) in joins {
             if !key_checks.iter().any(|k| k.source == s && k.join == j) {
                 key_checks.push(KeyCheck {
@@ -106,14 +292,78 @@ pub fn build(model: &Model, files: &Files, calendar: &Calendar, query: Query) ->
         scans.push(Scan {
             source,
             measures: ms,
+            kind,
             plan,
         });
     }
     Ok(QueryPlan {
         query,
+        outputs,
+        periods,
         scans,
         key_checks,
     })
+}
+
+/// For each period, the days of its window: `(day, period)` pairs as days since 1970.
+/// A window ends with its period (or with `to`), and starts `rolling` units before that end,
+/// at the start of the `to_date` period, or at the first day of data.
+fn window_days(
+    calendar: &Calendar,
+    window: Window,
+    grain: Grain,
+    periods: &[NaiveDate],
+    to: Option<NaiveDate>,
+    first_day: Option<NaiveDate>,
+) -> Vec<(i32, i32)> {
+    let mut out = Vec::new();
+    for &p in periods {
+        let end = calendar.next(p, grain);
+        let start = match window {
+            Window::Rolling { amount, unit } => match unit {
+                Grain::Day => end - chrono::Days::new(amount as u64),
+                Grain::Week => end - chrono::Days::new(7 * amount as u64),
+                Grain::Month => end - chrono::Months::new(amount),
+                Grain::Quarter => end - chrono::Months::new(3 * amount),
+                Grain::Year => end - chrono::Months::new(12 * amount),
+            },
+            Window::Cumulative => first_day.unwrap_or(p),
+            Window::ToDate(g) => calendar.period_start(end - chrono::Days::new(1), g),
+        };
+        let start = first_day.map_or(start, |f| start.max(f));
+        let end = to.map_or(end, |t| end.min(t + chrono::Days::new(1)));
+        let mut d = start;
+        while d < end {
+            out.push((to_days(d), to_days(p)));
+            d = d + chrono::Days::new(1);
+        }
+    }
+    out
+}
+
+/// How a scan aggregates its rows.
+#[derive(Debug)]
+enum Shape {
+    /// By period (and breakdown value).
+    Plain,
+    /// By window: rows are aggregated by day, joined to the days of each period's window,
+    /// and aggregated again by period.
+    Window(Vec<(i32, i32)>),
+    /// The aggregate of each period's last (or first) day that has rows.
+    Snapshot(Snapshot),
+}
+
+/// One scan to plan.
+struct ScanSpec<'a> {
+    source: SourceId,
+    measures: &'a [MeasureId],
+    dims: &'a [DimensionId],
+    grain: Option<Grain>,
+    /// First and last day of rows read.
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+    shape: Shape,
+    conversion: Option<&'a Conversion>,
 }
 
 fn scan_plan(
@@ -121,9 +371,9 @@ fn scan_plan(
     files: &Files,
     calendar: &Calendar,
     query: &Query,
-    source: SourceId,
-    measures: &[MeasureId],
+    spec: &ScanSpec,
 ) -> Result<(LogicalPlan, Vec<(SourceId, usize)>)> {
+    let (source, measures) = (spec.source, spec.measures);
     let src = &model.sources[source];
     let metric_names = || {
         query
@@ -150,7 +400,7 @@ fn scan_plan(
         }
     }
     let mut dims = Vec::new();
-    for &d in &query.dimensions {
+    for &d in spec.dims {
         let dim = &model.dimensions[d];
         let mut used = Vec::new();
         dim.expr.sources(&mut used);
@@ -197,7 +447,8 @@ fn scan_plan(
     }
     let mut conditions = Vec::new();
     let time = src.time.as_ref();
-    if (query.from.is_some() || query.to.is_some() || query.grain.is_some()) && time.is_none() {
+    let timed = !matches!(spec.shape, Shape::Plain) || spec.conversion.is_some();
+    if (spec.from.is_some() || spec.to.is_some() || spec.grain.is_some() || timed) && time.is_none() {
         return Err(Diagnostic::usage(
             "E0703",
             format!(
@@ -212,10 +463,10 @@ fn scan_plan(
     let time_of = |t: &crate::model::TimeColumn| time_value(model, source, &t.name);
     if let Some(t) = time {
         let tv = time_of(t);
-        if let Some(from) = query.from {
+        if let Some(from) = spec.from {
             conditions.push(tv.expr.clone().gt_eq(day_starts(&tv, from, calendar)));
         }
-        if let Some(to) = query.to {
+        if let Some(to) = spec.to {
             let next = to + chrono::Days::new(1);
             conditions.push(tv.expr.clone().lt(day_starts(&tv, next, calendar)));
         }
@@ -224,12 +475,14 @@ fn scan_plan(
         conditions.push(row_expr(model, f));
     }
     let condition = conditions.into_iter().reduce(Expr::and);
-    let period = match (query.grain, time) {
+    let period = match (spec.grain, time) {
         (Some(g), Some(t)) => Some(period_expr(&time_of(t), g, calendar).alias(PERIOD)),
         _ => None,
     };
+    let day = time.map(|t| cast(period_expr(&time_of(t), Grain::Day, calendar), DataType::Date32));
 
-    if aggregates_before_joins(model, source, &edges, measures, filter.as_ref()) {
+    let plain = matches!(spec.shape, Shape::Plain) && spec.conversion.is_none();
+    if plain && aggregates_before_joins(model, source, &edges, measures, filter.as_ref()) {
         let plan = aggregate_then_join(model, source, &edges, condition, period, &dims, measures)?;
         return Ok((plan, edges));
     }
@@ -241,24 +494,245 @@ fn scan_plan(
     if let Some(c) = condition {
         builder = builder.filter(c).map_err(internal)?;
     }
-    let mut group: Vec<Expr> = period.into_iter().collect();
-    for (i, d) in dims.into_iter().enumerate() {
-        group.push(row_expr(model, d).alias(dim_column(i)));
+    if let (Some(c), Some(t)) = (spec.conversion, time) {
+        builder = converting(model, calendar, builder, source, &time_of(t), c, spec.to)?;
     }
-    let plan = match filter_columns(model, measures) {
-        Some(columns) => pre_aggregated(model, builder, group, columns, measures)?,
-        None => {
-            let aggs = measures
-                .iter()
-                .map(|&m| measure_expr(model, m).alias(measure_column(m)))
-                .collect::<Vec<_>>();
-            builder
-                .aggregate(group, aggs)
-                .and_then(|b| b.build())
-                .map_err(internal)?
+    let dim_exprs: Vec<Expr> = dims
+        .iter()
+        .enumerate()
+        .map(|(i, d)| row_expr(model, d).alias(dim_column(i)))
+        .collect();
+    let plan = match &spec.shape {
+        Shape::Plain => {
+            let mut group: Vec<Expr> = period.into_iter().collect();
+            group.extend(dim_exprs);
+            match filter_columns(model, measures) {
+                Some(columns) if spec.conversion.is_none() => pre_aggregated(model, builder, group, columns, measures)?,
+                _ => {
+                    let aggs = measures
+                        .iter()
+                        .map(|&m| measure_expr(model, m).alias(measure_column(m)))
+                        .collect::<Vec<_>>();
+                    builder
+                        .aggregate(group, aggs)
+                        .and_then(|b| b.build())
+                        .map_err(internal)?
+                }
+            }
         }
+        Shape::Window(mapping) => windowed(
+            model,
+            builder,
+            day.expect("a time column"),
+            dim_exprs,
+            mapping,
+            measures,
+        )?,
+        Shape::Snapshot(s) => snapshot(
+            model,
+            builder,
+            period,
+            day.expect("a time column"),
+            dim_exprs,
+            *s,
+            measures,
+        )?,
     };
     Ok((plan, edges))
+}
+
+/// Keeps the rows of `source` that a row of the conversion's target follows, with the same
+/// entity, within the window (from the same moment on).
+fn converting(
+    model: &Model,
+    calendar: &Calendar,
+    builder: LogicalPlanBuilder,
+    source: SourceId,
+    time: &TimeValue,
+    c: &Conversion,
+    to: Option<NaiveDate>,
+) -> Result<LogicalPlanBuilder> {
+    let target = &model.sources[c.target];
+    let Some(target_time) = &target.time else {
+        return Err(Diagnostic::usage(
+            "E0703",
+            format!("source `{}` has no time column", target.name),
+        ));
+    };
+    let tt = time_value(model, c.target, &target_time.name);
+    let mut needed = Vec::new();
+    if let Some(f) = &c.target_filter {
+        f.sources(&mut needed);
+    }
+    let mut right = scan(model, c.target)?;
+    for s in needed {
+        for (from, j) in model.join_path(c.target, s).unwrap_or_default() {
+            right = join(model, right, from, j)?;
+        }
+    }
+    let mut conditions = vec![tt.expr.clone().is_not_null()];
+    if let Some(f) = &c.target_filter {
+        conditions.push(row_expr(model, f));
+    }
+    if let Some(to) = to {
+        conditions.push(tt.expr.clone().lt(day_starts(&tt, to + chrono::Days::new(1), calendar)));
+    }
+    let right = right
+        .filter(conditions.into_iter().reduce(Expr::and).expect("a condition"))
+        .and_then(|b| {
+            b.project(vec![
+                column(model, c.target, &c.entity).alias("__entity"),
+                epoch_seconds(tt.expr.clone(), ValueType::of(&tt.data_type)).alias("__converted_at"),
+            ])
+        })
+        .and_then(|b| b.build())
+        .map_err(internal)?;
+    let at = epoch_seconds(time.expr.clone(), ValueType::of(&time.data_type));
+    let converted_at = Expr::Column(Column::from_name("__converted_at"));
+    let within = converted_at
+        .clone()
+        .gt_eq(at.clone())
+        .and(converted_at.lt_eq(at + lit(c.within_seconds as f64)));
+    builder
+        .join(
+            right,
+            JoinType::LeftSemi,
+            (
+                vec![column_ref(model, source, &c.entity)],
+                vec![Column::from_name("__entity")],
+            ),
+            Some(within),
+        )
+        .map_err(internal)
+}
+
+/// Aggregates by window: re-aggregatable measures by day first (then each window adds up
+/// its days), the others over the rows of each window.
+fn windowed(
+    model: &Model,
+    builder: LogicalPlanBuilder,
+    day: Expr,
+    dims: Vec<Expr>,
+    mapping: &[(i32, i32)],
+    measures: &[MeasureId],
+) -> Result<LogicalPlan> {
+    use datafusion::arrow::array::{Date32Array, RecordBatch};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("__window_day", DataType::Date32, false),
+        Field::new(PERIOD, DataType::Date32, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            std::sync::Arc::new(Date32Array::from_iter_values(mapping.iter().map(|x| x.0))),
+            std::sync::Arc::new(Date32Array::from_iter_values(mapping.iter().map(|x| x.1))),
+        ],
+    )
+    .map_err(|e| internal(e.into()))?;
+    let table = datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]]).map_err(internal)?;
+    let windows = LogicalPlanBuilder::scan(
+        TableReference::bare("__windows"),
+        provider_as_source(std::sync::Arc::new(table)),
+        None,
+    )
+    .and_then(|b| b.build())
+    .map_err(internal)?;
+    let names: Vec<String> = std::iter::once(PERIOD.to_string())
+        .chain((0..dims.len()).map(dim_column))
+        .collect();
+    let second_group: Vec<Expr> = names
+        .iter()
+        .map(|n| Expr::Column(Column::from_name(n.clone())))
+        .collect();
+    let window_day = Expr::Column(Column::new(Some(TableReference::bare("__windows")), "__window_day"));
+    if measures.iter().all(|&m| model.measures[m].agg.reaggregatable()) {
+        let split = two_phase(model, measures, FilterIn::First);
+        let mut first_group = vec![day.alias("__day")];
+        first_group.extend(dims);
+        let b = builder
+            .aggregate(first_group, split.first)
+            .and_then(|b| {
+                b.join_with_expr_keys(
+                    windows,
+                    JoinType::Inner,
+                    (vec![Expr::Column(Column::from_name("__day"))], vec![window_day]),
+                    None,
+                )
+            })
+            .and_then(|b| b.aggregate(second_group, split.second))
+            .map_err(internal)?;
+        return finish_averages(b, &names, measures, &split.averages);
+    }
+    let mut group = vec![Expr::Column(Column::new(Some(TableReference::bare("__windows")), PERIOD)).alias(PERIOD)];
+    group.extend(dims);
+    let aggs = measures
+        .iter()
+        .map(|&m| measure_expr(model, m).alias(measure_column(m)))
+        .collect::<Vec<_>>();
+    builder
+        .join_with_expr_keys(windows, JoinType::Inner, (vec![day], vec![window_day]), None)
+        .and_then(|b| b.aggregate(group, aggs))
+        .and_then(|b| b.build())
+        .map_err(internal)
+}
+
+/// Semi-additive measures: each measure's aggregate per day, then the value of the last (or
+/// first) day of each period and breakdown value that has rows.
+fn snapshot(
+    model: &Model,
+    builder: LogicalPlanBuilder,
+    period: Option<Expr>,
+    day: Expr,
+    dims: Vec<Expr>,
+    which: Snapshot,
+    measures: &[MeasureId],
+) -> Result<LogicalPlan> {
+    let mut names: Vec<String> = period.iter().map(|_| PERIOD.to_string()).collect();
+    names.extend((0..dims.len()).map(dim_column));
+    let mut first_group: Vec<Expr> = period.into_iter().collect();
+    first_group.extend(dims);
+    first_group.push(day.alias("__day"));
+    let firsts = measures
+        .iter()
+        .map(|&m| {
+            let e = measure_expr(model, m);
+            // A day with rows but none that pass the filter: a sum of nothing is 0.
+            let e = if model.measures[m].agg.zero_when_empty() {
+                func::coalesce(vec![cast(e, DataType::Float64), lit(0.0)])
+            } else {
+                cast(e, DataType::Float64)
+            };
+            e.alias(measure_column(m))
+        })
+        .collect::<Vec<_>>();
+    let by_day = || {
+        vec![datafusion::logical_expr::SortExpr::new(
+            Expr::Column(Column::from_name("__day")),
+            true,
+            false,
+        )]
+    };
+    let seconds = measures
+        .iter()
+        .map(|&m| {
+            let x = Expr::Column(Column::from_name(measure_column(m)));
+            let e = match which {
+                Snapshot::Last => agg::last_value(x, by_day()),
+                Snapshot::First => agg::first_value(x, by_day()),
+            };
+            e.alias(measure_column(m))
+        })
+        .collect::<Vec<_>>();
+    let second_group: Vec<Expr> = names
+        .iter()
+        .map(|n| Expr::Column(Column::from_name(n.clone())))
+        .collect();
+    builder
+        .aggregate(first_group, firsts)
+        .and_then(|b| b.aggregate(second_group, seconds))
+        .and_then(|b| b.build())
+        .map_err(internal)
 }
 
 /// Left-joins the target of join `j` of source `from`.
