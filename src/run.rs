@@ -9,7 +9,7 @@ use crate::ast::Format;
 use crate::data::clean_error;
 use crate::diagnostic::Diagnostic;
 use crate::model::{Model, SourceId, ValueType};
-use crate::plan::{self, QueryPlan, Series, Term};
+use crate::plan::{self, QueryPlan, Series, SeriesKind, Term};
 use crate::settings::Settings;
 use crate::time::{Grain, from_days, to_days};
 use chrono::NaiveDate;
@@ -168,13 +168,14 @@ pub async fn execute(
     if tuples.is_empty() && ndims == 0 {
         tuples.insert(Vec::new());
     }
+    let cut = plan.cut_period.map(to_days);
     let mut rows = Vec::new();
     for p in &periods {
         for t in &tuples {
             let vals = plan
                 .outputs
                 .iter()
-                .map(|o| term_value(model, &values, &o.term, *p, t))
+                .map(|o| term_value(model, &values, cut, &o.term, *p, t))
                 .collect();
             rows.push(ResultRow {
                 period: p.map(from_days),
@@ -214,6 +215,7 @@ pub async fn execute(
 fn term_value(
     model: &Model,
     values: &HashMap<Series, HashMap<Key, Option<f64>>>,
+    cut: Option<i32>,
     term: &Term,
     period: Option<i32>,
     dims: &[Option<String>],
@@ -222,17 +224,25 @@ fn term_value(
         Term::Series((m, kind), shift) => {
             let p = period.map(|d| to_days(shift.apply(from_days(d))));
             let key = (p, if kind.total { Vec::new() } else { dims.to_vec() });
-            match values.get(&(*m, *kind)).and_then(|v| v.get(&key)).copied().flatten() {
+            // The period --from cuts short has the value shown for it.
+            let kind = match (cut, p) {
+                (Some(c), Some(p)) if c == p && kind.extended => SeriesKind {
+                    extended: false,
+                    ..*kind
+                },
+                _ => *kind,
+            };
+            match values.get(&(*m, kind)).and_then(|v| v.get(&key)).copied().flatten() {
                 Some(v) => Some(v),
                 None if model.measures[*m].zero_when_empty() => Some(0.0),
                 None => None,
             }
         }
         Term::Number(n) => Some(*n),
-        Term::Neg(a) => term_value(model, values, a, period, dims).map(|v| -v),
+        Term::Neg(a) => term_value(model, values, cut, a, period, dims).map(|v| -v),
         Term::Binary(op, a, b) => {
-            let x = term_value(model, values, a, period, dims)?;
-            let y = term_value(model, values, b, period, dims)?;
+            let x = term_value(model, values, cut, a, period, dims)?;
+            let y = term_value(model, values, cut, b, period, dims)?;
             let v = match op {
                 BinOp::Add => x + y,
                 BinOp::Sub => x - y,

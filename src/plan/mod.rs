@@ -65,6 +65,9 @@ pub struct QueryPlan {
     pub outputs: Vec<Output>,
     /// The periods shown, fixed before running when a metric reads other periods or windows.
     pub periods: Option<Vec<NaiveDate>>,
+    /// The first period, when `--from` cuts it short: an offset that lands on it reads the
+    /// value shown for it, not the whole period.
+    pub cut_period: Option<NaiveDate>,
     pub scans: Vec<Scan>,
     pub key_checks: Vec<KeyCheck>,
 }
@@ -183,11 +186,14 @@ pub fn build_with_range(
         }
         _ => None,
     };
-    // When --from cuts its period short, earlier periods are read whole, in series of their own.
+    // When --from cuts its period short, earlier periods are read whole, in series of their
+    // own; the cut period itself is read from the unshifted series (see `cut_period`).
+    let mut cut_period = None;
     if let (Some(g), Some(f)) = (query.grain, query.from)
         && timed
         && calendar.period_start(f, g) != f
     {
+        cut_period = Some(calendar.period_start(f, g));
         for o in &mut outputs {
             o.term = terms::extend_shifted(std::mem::replace(&mut o.term, Term::Number(0.0)));
         }
@@ -207,6 +213,23 @@ pub fn build_with_range(
                 }
             }
         });
+    }
+    if cut_period.is_some() {
+        let extended: Vec<Series> = series.iter().map(|x| x.0).filter(|(_, k)| k.extended).collect();
+        for (m, kind) in extended {
+            let plain = (
+                m,
+                SeriesKind {
+                    extended: false,
+                    ..kind
+                },
+            );
+            match series.iter_mut().find(|(x, _)| *x == plain) {
+                Some((_, shifts)) if shifts.contains(&Shift::default()) => {}
+                Some((_, shifts)) => shifts.push(Shift::default()),
+                None => series.push((plain, vec![Shift::default()])),
+            }
+        }
     }
     // Scans: by source, kind and group, in the order first needed.
     let mut groups: Vec<((SourceId, SeriesKind, Group), Vec<MeasureId>, Vec<Shift>)> = Vec::new();
@@ -244,9 +267,14 @@ pub fn build_with_range(
         needed.dedup();
         let (from, to, shape) = match kind.window {
             None => {
-                let earliest = needed.first().copied();
+                // Offsets read earlier periods whole; unshifted values start at --from.
+                let earliest = periods
+                    .iter()
+                    .flatten()
+                    .flat_map(|&p| shifts.iter().filter(|s| !s.is_zero()).map(move |s| s.apply(p)))
+                    .min();
                 let from = if kind.extended {
-                    earliest
+                    needed.first().copied()
                 } else {
                     query.from.map(|f| earliest.map_or(f, |e| e.min(f)))
                 };
@@ -300,6 +328,7 @@ pub fn build_with_range(
         query,
         outputs,
         periods,
+        cut_period,
         scans,
         key_checks,
     })

@@ -251,7 +251,8 @@ fn lower_formula(
             };
             Term::Series((*m, kind), ctx.shift)
         }
-        Formula::Metric(id) => lower_formula(model, *id, &model.metrics[*id].formula, grain, ctx)?,
+        // Errors name the metric that was asked for.
+        Formula::Metric(id) => lower_formula(model, metric, &model.metrics[*id].formula, grain, ctx)?,
         Formula::Number(n) => Term::Number(*n),
         Formula::Neg(a) => Term::Neg(Box::new(lower_formula(model, metric, a, grain, ctx)?)),
         Formula::Binary(op, a, b) => Term::Binary(
