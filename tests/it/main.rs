@@ -8,6 +8,7 @@ mod diagnostics;
 mod differential;
 mod fixtures;
 mod stages;
+mod timeline;
 
 use std::path::{Path, PathBuf};
 use tally::model::Model;

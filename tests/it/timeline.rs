@@ -1,0 +1,552 @@
+//! Windows, offsets, shares, balances and conversions against values computed by hand on a
+//! few rows (tests/fixtures/timeline), in Europe/London: a leap day, both changes of British
+//! Summer Time, empty days, and a year of history for year-on-year.
+//!
+//! Sales by local day: 2023-02-28 10 (c1 web) · 2023-03-01 20 (c2 phone) · 2023-04-01 5 (c1
+//! web; 23:30 UTC on 31 March is 00:30 BST) · 2024-02-26 100 (c1 web) · 2024-02-28 50 (c2
+//! phone) · 2024-02-29 30 (c1 web) + 70 (c3 web) · 2024-03-02 40 (c2 phone) · 2024-03-10 60
+//! (c1 web) · 2024-03-30 15 (c3 phone; GMT) · 2024-04-01 25 (c2 web; BST) · 2024-04-02 35 (c1
+//! web) · 2024-10-27 8 (c3 web, BST) + 12 (c1 phone, GMT).
+
+use crate::{Q, assert_close, fixture, load};
+use tally::plan::Compare;
+use tally::run::ResultTable;
+use tally::settings::SettingsFile;
+
+const N: Option<f64> = None;
+
+fn s(v: f64) -> Option<f64> {
+    Some(v)
+}
+
+fn env() -> crate::Env {
+    load(&fixture("timeline"), SettingsFile::default())
+}
+
+/// Asserts a column, period by period (and breakdown value, when there is one).
+#[track_caller]
+fn check(t: &ResultTable, metric: &str, expected: &[(&str, Option<f64>)]) {
+    let col = t.metrics.iter().position(|m| m == metric).expect("metric in result");
+    let rows: Vec<_> = t.rows.iter().filter(|r| r.dimensions.is_empty()).collect();
+    assert_eq!(rows.len(), expected.len(), "{metric}: periods");
+    for (r, (p, v)) in rows.iter().zip(expected) {
+        assert_eq!(r.period.unwrap().to_string(), *p, "{metric}");
+        assert_close(r.values[col], *v, &format!("{metric} at {p}"));
+    }
+}
+
+#[test]
+fn rolling_windows_by_day_over_a_leap_day_and_empty_days() {
+    let mut env = env();
+    let t = env.query(
+        &[
+            "revenue",
+            "revenue_7d",
+            "buyers_7d",
+            "revenue_per_buyer_7d",
+            "avg_sale_7d",
+        ],
+        Q {
+            grain: Some("day"),
+            from: Some("2024-02-26"),
+            to: Some("2024-03-08"),
+            ..Q::default()
+        },
+    );
+    // Day D's window is D-6..D; the window of 26 February reaches back into days with no rows.
+    check(
+        &t,
+        "revenue_7d",
+        &[
+            ("2024-02-26", s(100.)),
+            ("2024-02-27", s(100.)),
+            ("2024-02-28", s(150.)),
+            ("2024-02-29", s(250.)),
+            ("2024-03-01", s(250.)),
+            ("2024-03-02", s(290.)),
+            ("2024-03-03", s(290.)),
+            ("2024-03-04", s(190.)),
+            ("2024-03-05", s(190.)),
+            ("2024-03-06", s(140.)),
+            ("2024-03-07", s(40.)),
+            ("2024-03-08", s(40.)),
+        ],
+    );
+    // Distinct buyers are counted again over each window's rows, never added up per day.
+    check(
+        &t,
+        "buyers_7d",
+        &[
+            ("2024-02-26", s(1.)),
+            ("2024-02-27", s(1.)),
+            ("2024-02-28", s(2.)),
+            ("2024-02-29", s(3.)),
+            ("2024-03-01", s(3.)),
+            ("2024-03-02", s(3.)),
+            ("2024-03-03", s(3.)),
+            ("2024-03-04", s(3.)),
+            ("2024-03-05", s(3.)),
+            ("2024-03-06", s(3.)),
+            ("2024-03-07", s(1.)),
+            ("2024-03-08", s(1.)),
+        ],
+    );
+    // A windowed ratio is the windowed numerator over the windowed denominator.
+    check(
+        &t,
+        "revenue_per_buyer_7d",
+        &[
+            ("2024-02-26", s(100.)),
+            ("2024-02-27", s(100.)),
+            ("2024-02-28", s(75.)),
+            ("2024-02-29", s(250. / 3.)),
+            ("2024-03-01", s(250. / 3.)),
+            ("2024-03-02", s(290. / 3.)),
+            ("2024-03-03", s(290. / 3.)),
+            ("2024-03-04", s(190. / 3.)),
+            ("2024-03-05", s(190. / 3.)),
+            ("2024-03-06", s(140. / 3.)),
+            ("2024-03-07", s(40.)),
+            ("2024-03-08", s(40.)),
+        ],
+    );
+    // An average over a week of rows (2 and 4 rows), not an average of daily averages.
+    check(
+        &t,
+        "avg_sale_7d",
+        &[
+            ("2024-02-26", s(100.)),
+            ("2024-02-27", s(100.)),
+            ("2024-02-28", s(75.)),
+            ("2024-02-29", s(62.5)),
+            ("2024-03-01", s(62.5)),
+            ("2024-03-02", s(58.)),
+            ("2024-03-03", s(58.)),
+            ("2024-03-04", s(190. / 4.)),
+            ("2024-03-05", s(190. / 4.)),
+            ("2024-03-06", s(140. / 3.)),
+            ("2024-03-07", s(40.)),
+            ("2024-03-08", s(40.)),
+        ],
+    );
+}
+
+#[test]
+fn windows_end_with_each_period_at_coarser_grains() {
+    let mut env = env();
+    let t = env.query(
+        &["revenue", "revenue_7d", "revenue_mtd", "revenue_2m"],
+        Q {
+            grain: Some("week"),
+            from: Some("2024-02-26"),
+            to: Some("2024-04-07"),
+            ..Q::default()
+        },
+    );
+    // The 7 days up to each week's Sunday; March to date as of each Sunday.
+    let weeks = [
+        "2024-02-26",
+        "2024-03-04",
+        "2024-03-11",
+        "2024-03-18",
+        "2024-03-25",
+        "2024-04-01",
+    ];
+    let pair = |v: [f64; 6]| weeks.iter().zip(v).map(|(w, v)| (*w, s(v))).collect::<Vec<_>>();
+    check(&t, "revenue", &pair([290., 60., 0., 0., 15., 60.]));
+    check(&t, "revenue_7d", &pair([290., 60., 0., 0., 15., 60.]));
+    check(&t, "revenue_mtd", &pair([40., 100., 100., 100., 115., 60.]));
+    // Two months back from each Sunday: the week of 1 April reads 8 February .. 7 April.
+    check(&t, "revenue_2m", &pair([290., 350., 350., 350., 365., 425.]));
+
+    let t = env.query(
+        &[
+            "revenue",
+            "revenue_2m",
+            "revenue_cumulative",
+            "buyers_cumulative",
+            "buyers_ytd",
+        ],
+        Q {
+            grain: Some("month"),
+            from: Some("2024-01-01"),
+            to: Some("2024-04-30"),
+            ..Q::default()
+        },
+    );
+    check(
+        &t,
+        "revenue_2m",
+        &[
+            ("2024-01-01", s(0.)),
+            ("2024-02-01", s(250.)),
+            ("2024-03-01", s(365.)),
+            ("2024-04-01", s(175.)),
+        ],
+    );
+    // From the first row of data (35 in 2023), whatever --from says.
+    check(
+        &t,
+        "revenue_cumulative",
+        &[
+            ("2024-01-01", s(35.)),
+            ("2024-02-01", s(285.)),
+            ("2024-03-01", s(400.)),
+            ("2024-04-01", s(460.)),
+        ],
+    );
+    check(
+        &t,
+        "buyers_cumulative",
+        &[
+            ("2024-01-01", s(2.)),
+            ("2024-02-01", s(3.)),
+            ("2024-03-01", s(3.)),
+            ("2024-04-01", s(3.)),
+        ],
+    );
+    check(
+        &t,
+        "buyers_ytd",
+        &[
+            ("2024-01-01", s(0.)),
+            ("2024-02-01", s(3.)),
+            ("2024-03-01", s(3.)),
+            ("2024-04-01", s(3.)),
+        ],
+    );
+}
+
+#[test]
+fn offsets_and_year_on_year() {
+    let mut env = env();
+    let t = env.query(
+        &[
+            "revenue",
+            "revenue_before",
+            "revenue_last_year",
+            "revenue_yoy",
+            "revenue_7d_last_year",
+        ],
+        Q {
+            grain: Some("month"),
+            from: Some("2024-01-01"),
+            to: Some("2024-04-30"),
+            ..Q::default()
+        },
+    );
+    let months = ["2024-01-01", "2024-02-01", "2024-03-01", "2024-04-01"];
+    let col = |v: [Option<f64>; 4]| months.iter().zip(v).map(|(m, v)| (*m, v)).collect::<Vec<_>>();
+    check(&t, "revenue_before", &col([s(0.), s(0.), s(250.), s(115.)]));
+    check(&t, "revenue_last_year", &col([s(0.), s(10.), s(20.), s(5.)]));
+    // Growth over nothing is null, not infinite.
+    check(&t, "revenue_yoy", &col([N, s(24.), s(4.75), s(11.)]));
+    // The 7 days up to the last day of the month a year earlier: to 28 Feb 2023 (10),
+    // 31 Mar 2023 (0: the 5 of 31 March UTC is 1 April in London), 30 Apr 2023 (0).
+    check(&t, "revenue_7d_last_year", &col([s(0.), s(10.), s(0.), s(0.)]));
+
+    // By day, a year back is the same date: 29 February 2024 reads 28 February 2023.
+    let t = env.query(
+        &["revenue_last_year"],
+        Q {
+            grain: Some("day"),
+            from: Some("2024-02-28"),
+            to: Some("2024-03-01"),
+            ..Q::default()
+        },
+    );
+    check(
+        &t,
+        "revenue_last_year",
+        &[("2024-02-28", s(10.)), ("2024-02-29", s(10.)), ("2024-03-01", s(20.))],
+    );
+    // By week, 52 weeks back (the same weekdays): 26 Feb 2024 → 27 Feb 2023 (10 + 20).
+    let t = env.query(
+        &["revenue_last_year"],
+        Q {
+            grain: Some("week"),
+            from: Some("2024-02-26"),
+            to: Some("2024-03-03"),
+            ..Q::default()
+        },
+    );
+    check(&t, "revenue_last_year", &[("2024-02-26", s(30.))]);
+}
+
+#[test]
+fn compare_gives_earlier_value_and_changes() {
+    let mut env = env();
+    let t = env.query(
+        &["revenue"],
+        Q {
+            grain: Some("month"),
+            from: Some("2024-02-01"),
+            to: Some("2024-04-30"),
+            compare: Some(Compare::Previous),
+            ..Q::default()
+        },
+    );
+    assert_eq!(
+        t.metrics,
+        ["revenue", "revenue_previous", "revenue_change", "revenue_change_pct"]
+    );
+    check(
+        &t,
+        "revenue_previous",
+        &[("2024-02-01", s(0.)), ("2024-03-01", s(250.)), ("2024-04-01", s(115.))],
+    );
+    check(
+        &t,
+        "revenue_change",
+        &[
+            ("2024-02-01", s(250.)),
+            ("2024-03-01", s(-135.)),
+            ("2024-04-01", s(-55.)),
+        ],
+    );
+    check(
+        &t,
+        "revenue_change_pct",
+        &[
+            ("2024-02-01", N),
+            ("2024-03-01", s(115. / 250. - 1.)),
+            ("2024-04-01", s(60. / 115. - 1.)),
+        ],
+    );
+    let t = env.query(
+        &["revenue"],
+        Q {
+            grain: Some("month"),
+            from: Some("2024-03-01"),
+            to: Some("2024-03-31"),
+            compare: Some(Compare::Year),
+            ..Q::default()
+        },
+    );
+    check(&t, "revenue_last_year", &[("2024-03-01", s(20.))]);
+    check(&t, "revenue_change_pct", &[("2024-03-01", s(4.75))]);
+
+    // --from cuts the first week short (from Wednesday): the week shows 190, and the next
+    // week's previous value is those 190, not the whole week's 290.
+    let t = env.query(
+        &["revenue"],
+        Q {
+            grain: Some("week"),
+            from: Some("2024-02-28"),
+            to: Some("2024-03-10"),
+            compare: Some(Compare::Previous),
+            ..Q::default()
+        },
+    );
+    check(&t, "revenue", &[("2024-02-26", s(190.)), ("2024-03-04", s(60.))]);
+    check(
+        &t,
+        "revenue_previous",
+        &[("2024-02-26", s(0.)), ("2024-03-04", s(190.))],
+    );
+}
+
+#[test]
+fn periods_cut_at_local_midnight_across_both_clock_changes() {
+    let mut env = env();
+    let t = env.query(
+        &["revenue", "revenue_7d"],
+        Q {
+            grain: Some("day"),
+            from: Some("2024-03-30"),
+            to: Some("2024-04-01"),
+            ..Q::default()
+        },
+    );
+    // 23:30 UTC on 30 March is 23:30 GMT; on 31 March it is 00:30 BST on 1 April.
+    check(
+        &t,
+        "revenue",
+        &[("2024-03-30", s(15.)), ("2024-03-31", s(0.)), ("2024-04-01", s(25.))],
+    );
+    check(
+        &t,
+        "revenue_7d",
+        &[("2024-03-30", s(15.)), ("2024-03-31", s(15.)), ("2024-04-01", s(40.))],
+    );
+    // 27 October 2024 has 25 hours: 23:30 UTC the day before (00:30 BST) and 23:30 UTC that
+    // day (23:30 GMT) both fall in it.
+    let t = env.query(
+        &["revenue", "sales"],
+        Q {
+            grain: Some("day"),
+            from: Some("2024-10-26"),
+            to: Some("2024-10-28"),
+            ..Q::default()
+        },
+    );
+    check(
+        &t,
+        "revenue",
+        &[("2024-10-26", s(0.)), ("2024-10-27", s(20.)), ("2024-10-28", s(0.))],
+    );
+    check(
+        &t,
+        "sales",
+        &[("2024-10-26", s(0.)), ("2024-10-27", s(2.)), ("2024-10-28", s(0.))],
+    );
+}
+
+#[test]
+fn shares_of_the_period_total_under_filters() {
+    let mut env = env();
+    let q = |filter| Q {
+        grain: Some("month"),
+        dims: &["channel"],
+        from: Some("2024-03-01"),
+        to: Some("2024-03-31"),
+        filter,
+        ..Q::default()
+    };
+    let t = env.query(&["revenue_share", "buyer_share"], q(None));
+    let row = |t: &ResultTable, ch: &str| {
+        t.rows
+            .iter()
+            .find(|r| r.dimensions[0].as_deref() == Some(ch))
+            .unwrap()
+            .values
+            .clone()
+    };
+    // March: web 60 (c1), phone 40 + 15 (c2, c3); 3 buyers in all.
+    assert_close(row(&t, "web")[0], s(60. / 115.), "web revenue share");
+    assert_close(row(&t, "phone")[0], s(55. / 115.), "phone revenue share");
+    // Distinct buyers do not add up: the total is counted again (1/3 and 2/3).
+    assert_close(row(&t, "web")[1], s(1. / 3.), "web buyer share");
+    assert_close(row(&t, "phone")[1], s(2. / 3.), "phone buyer share");
+    // The filter applies to the total too.
+    let t = env.query(&["revenue_share", "buyer_share"], q(Some("amount > 20")));
+    assert_close(row(&t, "web")[0], s(0.6), "web share, filtered");
+    assert_close(row(&t, "phone")[0], s(0.4), "phone share, filtered");
+    assert_close(row(&t, "phone")[1], s(0.5), "phone buyer share, filtered");
+    // Without a breakdown a share is the whole.
+    let t = env.query(
+        &["revenue_share"],
+        Q {
+            grain: Some("month"),
+            from: Some("2024-03-01"),
+            to: Some("2024-03-31"),
+            ..Q::default()
+        },
+    );
+    check(&t, "revenue_share", &[("2024-03-01", s(1.))]);
+}
+
+#[test]
+fn balances_at_the_end_and_start_of_each_period() {
+    let mut env = env();
+    let t = env.query(
+        &["balance", "opening_balance", "balance_change"],
+        Q {
+            grain: Some("month"),
+            from: Some("2024-02-01"),
+            to: Some("2024-04-30"),
+            ..Q::default()
+        },
+    );
+    // February's last day with rows is the 29th (110 + 40); March's the 31st (only a, 150).
+    check(
+        &t,
+        "balance",
+        &[("2024-02-01", s(150.)), ("2024-03-01", s(150.)), ("2024-04-01", N)],
+    );
+    check(
+        &t,
+        "opening_balance",
+        &[("2024-02-01", s(150.)), ("2024-03-01", s(165.)), ("2024-04-01", N)],
+    );
+    check(
+        &t,
+        "balance_change",
+        &[("2024-02-01", N), ("2024-03-01", s(0.)), ("2024-04-01", N)],
+    );
+    let t = env.query(
+        &["balance", "opening_balance"],
+        Q {
+            grain: Some("week"),
+            from: Some("2024-02-26"),
+            to: Some("2024-03-10"),
+            ..Q::default()
+        },
+    );
+    // Never summed across days: the week of 26 February ends with Saturday 2 March.
+    check(&t, "balance", &[("2024-02-26", s(165.)), ("2024-03-04", N)]);
+    check(&t, "opening_balance", &[("2024-02-26", s(150.)), ("2024-03-04", N)]);
+    // Over the whole range: the last day with rows.
+    let t = env.query(&["balance"], Q::default());
+    assert_close(t.rows[0].values[0], s(150.), "balance at the end");
+}
+
+#[test]
+fn conversions_within_a_window_counted_in_the_base_period() {
+    let mut env = env();
+    let t = env.query(
+        &["signups", "converted_signups", "signup_conversion"],
+        Q {
+            grain: Some("month"),
+            from: Some("2024-02-01"),
+            to: Some("2024-04-30"),
+            ..Q::default()
+        },
+    );
+    // c1 (20 Feb) buys after 5 days 23 hours: converts. c2 (20 Feb) buys after exactly 8
+    // days: not within 7. c3 buys 30 minutes later. c4 never buys. c2 (1 March) buys the
+    // next day. c1 (2 April) bought an hour before signing up: not a conversion.
+    check(
+        &t,
+        "signups",
+        &[("2024-02-01", s(3.)), ("2024-03-01", s(2.)), ("2024-04-01", s(1.))],
+    );
+    check(
+        &t,
+        "converted_signups",
+        &[("2024-02-01", s(2.)), ("2024-03-01", s(1.)), ("2024-04-01", s(0.))],
+    );
+    check(
+        &t,
+        "signup_conversion",
+        &[
+            ("2024-02-01", s(2. / 3.)),
+            ("2024-03-01", s(0.5)),
+            ("2024-04-01", s(0.)),
+        ],
+    );
+    // As of 1 March, c2's purchase on 2 March is not read yet.
+    let t = env.query(
+        &["converted_signups"],
+        Q {
+            grain: Some("month"),
+            from: Some("2024-03-01"),
+            to: Some("2024-03-01"),
+            ..Q::default()
+        },
+    );
+    check(&t, "converted_signups", &[("2024-03-01", s(0.))]);
+}
+
+#[test]
+fn windows_and_offsets_without_from_start_at_the_first_row() {
+    let mut env = env();
+    let t = env.query(
+        &["revenue", "revenue_7d", "buyers_cumulative"],
+        Q {
+            grain: Some("day"),
+            to: Some("2023-03-02"),
+            ..Q::default()
+        },
+    );
+    check(
+        &t,
+        "revenue_7d",
+        &[("2023-02-28", s(10.)), ("2023-03-01", s(30.)), ("2023-03-02", s(30.))],
+    );
+    check(
+        &t,
+        "buyers_cumulative",
+        &[("2023-02-28", s(1.)), ("2023-03-01", s(2.)), ("2023-03-02", s(2.))],
+    );
+}
