@@ -21,7 +21,7 @@ fn epoch(col: &str) -> String {
     format!("extract(epoch FROM CAST({col} AS TIMESTAMP))")
 }
 
-fn sql_context() -> SessionContext {
+pub(crate) fn sql_context() -> SessionContext {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/services/data");
     let ctx = SessionContext::new();
     runtime().block_on(async {
@@ -42,7 +42,7 @@ fn sql_context() -> SessionContext {
 }
 
 /// Runs SQL returning (period, value) or (period, dimension, value).
-fn sql(ctx: &SessionContext, query: &str) -> Series {
+pub(crate) fn sql(ctx: &SessionContext, query: &str) -> Series {
     let batches = runtime()
         .block_on(async { ctx.sql(query).await?.collect().await })
         .unwrap_or_else(|e| panic!("{query}: {e}"));
@@ -227,7 +227,7 @@ fn monthly_sql() -> Vec<(&'static str, String, bool)> {
 }
 
 #[track_caller]
-fn compare(name: &str, tally: &tally::run::ResultTable, col: usize, expected: &Series, zero: bool) {
+pub(crate) fn compare(name: &str, tally: &tally::run::ResultTable, col: usize, expected: &Series, zero: bool) {
     let mut seen = 0;
     for row in &tally.rows {
         let period = row.period.map(|p| p.to_string()).unwrap_or_else(|| "-".into());

@@ -7,6 +7,7 @@ mod cli;
 mod diagnostics;
 mod differential;
 mod fixtures;
+mod over_time;
 mod stages;
 mod timeline;
 
