@@ -138,7 +138,7 @@ pub fn relative_range(text: &str, as_of: NaiveDate, calendar: &Calendar) -> Resu
         }
         ["last" | "previous", n, u] | ["last" | "previous", n, "complete", u] => {
             let g = unit(u).ok_or_else(bad)?;
-            let n: u32 = n.parse().ok().filter(|&n| n >= 1 && n <= 100_000).ok_or_else(bad)?;
+            let n: u32 = n.parse().ok().filter(|n| (1..=100_000).contains(n)).ok_or_else(bad)?;
             let start = this(g);
             if words.contains(&"complete") {
                 Ok((back(start, g, n), start - Days::new(1)))

@@ -1221,12 +1221,10 @@ impl<'a> Resolver<'a> {
             while let Some(f) = stack.pop() {
                 f.walk(&mut |x| match x {
                     Formula::Measure(m) => measures.push(*m),
-                    Formula::Metric(id) => {
-                        if !seen.contains(id) {
-                            seen.push(*id);
-                            if let Some(Some(m)) = metrics.get(*id) {
-                                stack.push(m.formula.clone());
-                            }
+                    Formula::Metric(id) if !seen.contains(id) => {
+                        seen.push(*id);
+                        if let Some(Some(m)) = metrics.get(*id) {
+                            stack.push(m.formula.clone());
                         }
                     }
                     Formula::Window(..) => windows += 1,
@@ -1241,7 +1239,7 @@ impl<'a> Resolver<'a> {
                     "E0540",
                     format!("{} needs a time column: source `{}` has none", u.what, name.value),
                 )
-                .at(u.span, "over time")
+                .at(u.span, "a function of time")
                 .also(name.span, "declare `time: COLUMN` in this source");
                 self.error(d);
                 continue;

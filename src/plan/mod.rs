@@ -165,6 +165,9 @@ enum Group {
     Conversion(MeasureId),
 }
 
+/// The measures of one scan, and every shift their values are read at.
+type ScanGroup = ((SourceId, SeriesKind, Group), Vec<MeasureId>, Vec<Shift>);
+
 /// Plans a query; `range` is the data's first and last day where [`range_sources`] asks.
 pub fn build_with_range(
     model: &Model,
@@ -232,7 +235,7 @@ pub fn build_with_range(
         }
     }
     // Scans: by source, kind and group, in the order first needed.
-    let mut groups: Vec<((SourceId, SeriesKind, Group), Vec<MeasureId>, Vec<Shift>)> = Vec::new();
+    let mut groups: Vec<ScanGroup> = Vec::new();
     for ((m, kind), shifts) in series {
         let ms = &model.measures[m];
         let group = match (ms.snapshot, &ms.conversion) {

@@ -239,7 +239,7 @@ fn lower_formula(
         Formula::Measure(m) => {
             if grain.is_none() && (ctx.window.is_some() || !ctx.shift.is_zero()) {
                 let what = match ctx.window {
-                    Some(w) => format!("a {w} value"),
+                    Some(w) => format!("a window over time ({w})"),
                     None => "an offset in time".into(),
                 };
                 return Err(needs_grain(what));

@@ -234,3 +234,71 @@ case!(every_bad_entry_of_a_yaml_file_is_reported, &[
         b"metrics:\n  a:\n    expr: count(orders)\n    lable: A\n  b:\n    expr: count(orders)\n    fromat: percent\n  c:\n    label: no expression\ndimensions:\n  d:\n    expr: orders.status\n    colour: red\nsoruces: {}\n",
     ),
 ]);
+case!(
+    time_functions_on_bad_input,
+    &[
+        ("customers.csv", b"customer,segment\nalice,smb\n"),
+        (
+            "visits.csv",
+            b"visit_id,visited_at,customer,page\n1,2026-01-01,alice,/\n"
+        ),
+        ("pages.csv", b"page,title\n/,Home\n"),
+        (
+            "m.tally",
+            dsl(concat!(
+                "source customers { file: \"customers.csv\" }\n",
+                "source visits { file: \"visits.csv\" time: visited_at }\n",
+                "source pages { file: \"pages.csv\" }\n",
+                "metric paid = sum(orders.amount)\n",
+                "metric customers = count(customers)\n",
+                "metric customers_7d = rolling(customers, 7 days)\n",
+                "metric customers_ly = customers[-1 year]\n",
+                "metric week = rolling(paid, 7 parsecs)\n",
+                "metric month = rolling(paid, 4 weeeks)\n",
+                "metric back = paid[-1 fortnite]\n",
+                "metric reset = to_date(paid, mnth)\n",
+                "metric frac = rolling(paid, 1.5 days)\n",
+                "metric balance = last(sum(orders.amount))\n",
+                "metric balance_7d = rolling(balance, 7 days)\n",
+                "metric nested = cumulative(rolling(paid, 7 days))\n",
+                "metric typo = conversion(visits -> orders by custmer within 7 days)\n",
+                "metric nothing_shared = conversion(orders -> pages by customer within 7 days)\n",
+                "metric months = conversion(visits -> orders by customer within 1 month)\n",
+            ))
+            .as_bytes()
+        )
+    ]
+);
+
+/// Windows and offsets that a query's grain cannot give: usage errors (exit code 2).
+#[test]
+fn time_functions_that_a_query_cannot_give() {
+    let metrics = dsl(concat!(
+        "metric paid = sum(orders.amount)\n",
+        "metric paid_7d = rolling(paid, 7 days)\n",
+        "metric paid_last_month = paid[-1 month]\n",
+    ));
+    let files: &[(&str, &[u8])] = &[("orders.csv", ORDERS.as_bytes()), ("m.tally", metrics.as_bytes())];
+    let mut out = String::new();
+    for args in [
+        &["query", "paid_7d"][..],
+        &["query", "paid_last_month", "--by", "week"],
+        &["query", "paid", "--compare", "previous"],
+        &["query", "paid", "--by", "day", "--range", "last 3 fortnights"],
+        &[
+            "query",
+            "paid",
+            "--by",
+            "day",
+            "--range",
+            "this week",
+            "--from",
+            "2026-01-01",
+        ],
+    ] {
+        let (code, _, stderr) = run_in(files, args);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        out.push_str(&format!("$ tally {}\nexit code: {code}\n{stderr}\n", args.join(" ")));
+    }
+    insta::assert_snapshot!("time_functions_that_a_query_cannot_give", out);
+}

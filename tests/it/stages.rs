@@ -136,6 +136,29 @@ fn expressions_bind_as_documented() {
     insta::assert_snapshot!("expressions", out);
 }
 
+#[test]
+fn time_expressions_parse_as_documented() {
+    let mut files = Files::default();
+    let cases = [
+        "rolling(revenue, 7 days)",
+        "rolling(count_distinct(enquiries.customer_id), 28 days)",
+        "revenue / revenue[-1 year] - 1",
+        "-revenue[-2 periods] * 2",
+        "to_date(revenue, month) + cumulative(x)",
+        "share(enquiries)",
+        "last(sum(balances.amount where open))",
+        "conversion(enquiries where channel = \"web\" -> jobs where amount > 100 by customer_id within 30 days)",
+        "conversions(a -> b by c within 1 week)",
+    ];
+    let mut out = String::new();
+    for c in cases {
+        let id = files.add("case", "case".into(), c.to_string());
+        let e = tally::syntax::parse_expr(id, c, 0).unwrap();
+        out.push_str(&format!("{c}\n  => {}\n", sexpr(&e)));
+    }
+    insta::assert_snapshot!("time_expressions", out);
+}
+
 /// The DSL and the YAML examples of the product definition mean the same thing.
 #[test]
 fn dsl_and_yaml_front_ends_agree() {
