@@ -163,6 +163,8 @@ enum Group {
     Snapshot(Snapshot),
     /// A conversion measure: its rows are joined to the converting source first.
     Conversion(MeasureId),
+    /// A distinct count over windows: planned alone (see [`windowed_distinct`]).
+    Distinct(MeasureId),
 }
 
 /// The measures of one scan, and every shift their values are read at.
@@ -241,6 +243,7 @@ pub fn build_with_range(
         let group = match (ms.snapshot, &ms.conversion) {
             (_, Some(_)) => Group::Conversion(m),
             (Some(s), None) => Group::Snapshot(s),
+            (None, None) if kind.window.is_some() && ms.agg == Agg::CountDistinct => Group::Distinct(m),
             (None, None) => Group::Plain,
         };
         let key = (ms.source, kind, group);
@@ -294,7 +297,7 @@ pub fn build_with_range(
                     continue;
                 };
                 let to = mapping.iter().map(|x| x.0).max();
-                (Some(from_days(from)), to.map(from_days), Shape::Window(mapping))
+                (Some(from_days(from)), to.map(from_days), Shape::Window(w, mapping))
             }
         };
         let spec = ScanSpec {
@@ -380,7 +383,7 @@ enum Shape {
     Plain,
     /// By window: rows are aggregated by day, joined to the days of each period's window,
     /// and aggregated again by period.
-    Window(Vec<(i32, i32)>),
+    Window(Window, Vec<(i32, i32)>),
     /// The aggregate of each period's last (or first) day that has rows.
     Snapshot(Snapshot),
 }
@@ -511,7 +514,7 @@ fn scan_plan(
         (Some(g), Some(t)) => Some(period_expr(&time_of(t), g, calendar).alias(PERIOD)),
         _ => None,
     };
-    let day = time.map(|t| cast(period_expr(&time_of(t), Grain::Day, calendar), DataType::Date32));
+    let day = time.map(|t| period_expr(&time_of(t), Grain::Day, calendar));
 
     let plain = matches!(spec.shape, Shape::Plain) && spec.conversion.is_none();
     if plain && aggregates_before_joins(model, source, &edges, measures, filter.as_ref()) {
@@ -552,14 +555,15 @@ fn scan_plan(
                 }
             }
         }
-        Shape::Window(mapping) => windowed(
-            model,
-            builder,
-            day.expect("a time column"),
-            dim_exprs,
-            mapping,
-            measures,
-        )?,
+        Shape::Window(window, mapping) => {
+            let resets = match window {
+                Window::Rolling { .. } => None,
+                Window::Cumulative => Some(lit(0i32)),
+                Window::ToDate(g) => time.map(|t| period_expr(&time_of(t), *g, calendar)),
+            };
+            let spec = WindowSpec { mapping, resets };
+            windowed(model, builder, day.expect("a time column"), dim_exprs, spec, measures)?
+        }
         Shape::Snapshot(s) => snapshot(
             model,
             builder,
@@ -639,17 +643,71 @@ fn converting(
 }
 
 /// Aggregates by window: re-aggregatable measures by day first (then each window adds up
-/// its days), the others over the rows of each window.
+/// its days), distinct counts over distinct values (see [`windowed_distinct`]), the others
+/// over the rows of each window.
 fn windowed(
     model: &Model,
     builder: LogicalPlanBuilder,
     day: Expr,
     dims: Vec<Expr>,
-    mapping: &[(i32, i32)],
+    window: WindowSpec,
     measures: &[MeasureId],
 ) -> Result<LogicalPlan> {
+    let names: Vec<String> = std::iter::once(PERIOD.to_string())
+        .chain((0..dims.len()).map(dim_column))
+        .collect();
+    let second_group: Vec<Expr> = names
+        .iter()
+        .map(|n| Expr::Column(Column::from_name(n.clone())))
+        .collect();
+    if measures.iter().all(|&m| model.measures[m].agg.reaggregatable()) {
+        let split = two_phase(model, measures, FilterIn::First);
+        let mut first_group = vec![day.alias("__day")];
+        first_group.extend(dims);
+        let b = builder.aggregate(first_group, split.first).map_err(internal)?;
+        let b = join_windows(b, Expr::Column(Column::from_name("__day")), window.mapping)?
+            .aggregate(second_group, split.second)
+            .map_err(internal)?;
+        return finish_averages(b, &names, measures, &split.averages);
+    }
+    if let [m] = measures
+        && model.measures[*m].agg == Agg::CountDistinct
+    {
+        return windowed_distinct(model, builder, day, dims, window, *m);
+    }
+    let mut group = vec![window_period().alias(PERIOD)];
+    group.extend(dims);
+    let aggs = measures
+        .iter()
+        .map(|&m| measure_expr(model, m).alias(measure_column(m)))
+        .collect::<Vec<_>>();
+    join_windows(builder, day, window.mapping)?
+        .aggregate(group, aggs)
+        .and_then(|b| b.build())
+        .map_err(internal)
+}
+
+/// The windows of a scan: which period each day counts in, and, for a to-date window, the
+/// period the window resets at.
+struct WindowSpec<'a> {
+    mapping: &'a [(i32, i32)],
+    /// The start of the period a to-date window resets at; `lit(0)` for a cumulative window
+    /// (it never resets); `None` for a rolling window.
+    resets: Option<Expr>,
+}
+
+/// `__windows.__period`: the period a window belongs to.
+fn window_period() -> Expr {
+    Expr::Column(Column::new(Some(TableReference::bare("__windows")), PERIOD))
+}
+
+/// Joins rows to the days of each window: a row of day `day` appears once per window that
+/// holds its day. The days are compared in the type of `day` (a timestamp truncated to its
+/// day, or a date): casting every row to a date would cost more than the join.
+fn join_windows(builder: LogicalPlanBuilder, day: Expr, mapping: &[(i32, i32)]) -> Result<LogicalPlanBuilder> {
     use datafusion::arrow::array::{Date32Array, RecordBatch};
     use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::logical_expr::ExprSchemable;
     let schema = std::sync::Arc::new(Schema::new(vec![
         Field::new("__window_day", DataType::Date32, false),
         Field::new(PERIOD, DataType::Date32, false),
@@ -670,43 +728,76 @@ fn windowed(
     )
     .and_then(|b| b.build())
     .map_err(internal)?;
-    let names: Vec<String> = std::iter::once(PERIOD.to_string())
-        .chain((0..dims.len()).map(dim_column))
-        .collect();
-    let second_group: Vec<Expr> = names
-        .iter()
-        .map(|n| Expr::Column(Column::from_name(n.clone())))
-        .collect();
-    let window_day = Expr::Column(Column::new(Some(TableReference::bare("__windows")), "__window_day"));
-    if measures.iter().all(|&m| model.measures[m].agg.reaggregatable()) {
-        let split = two_phase(model, measures, FilterIn::First);
-        let mut first_group = vec![day.alias("__day")];
-        first_group.extend(dims);
-        let b = builder
-            .aggregate(first_group, split.first)
-            .and_then(|b| {
-                b.join_with_expr_keys(
-                    windows,
-                    JoinType::Inner,
-                    (vec![Expr::Column(Column::from_name("__day"))], vec![window_day]),
-                    None,
-                )
-            })
-            .and_then(|b| b.aggregate(second_group, split.second))
-            .map_err(internal)?;
-        return finish_averages(b, &names, measures, &split.averages);
-    }
-    let mut group = vec![Expr::Column(Column::new(Some(TableReference::bare("__windows")), PERIOD)).alias(PERIOD)];
-    group.extend(dims);
-    let aggs = measures
-        .iter()
-        .map(|&m| measure_expr(model, m).alias(measure_column(m)))
-        .collect::<Vec<_>>();
+    let day_type = day.get_type(builder.schema()).map_err(internal)?;
+    let window_day = cast(
+        Expr::Column(Column::new(Some(TableReference::bare("__windows")), "__window_day")),
+        day_type,
+    );
     builder
         .join_with_expr_keys(windows, JoinType::Inner, (vec![day], vec![window_day]), None)
-        .and_then(|b| b.aggregate(group, aggs))
-        .and_then(|b| b.build())
         .map_err(internal)
+}
+
+/// A distinct count over windows, as grouping rather than as sets of values per group
+/// (those do not spill): a rolling window takes the distinct values of each day, joins them
+/// to the windows and counts the distinct values of each window; a cumulative or to-date
+/// window counts each value once, on the first day it appears since the window's reset,
+/// and adds those counts up over the window's days.
+fn windowed_distinct(
+    model: &Model,
+    builder: LogicalPlanBuilder,
+    day: Expr,
+    dims: Vec<Expr>,
+    window: WindowSpec,
+    m: MeasureId,
+) -> Result<LogicalPlan> {
+    let ms = &model.measures[m];
+    let arg = ms.arg.as_ref().map(|a| row_expr(model, a)).unwrap_or_else(|| lit(1i64));
+    let mut condition = arg.clone().is_not_null();
+    if let Some(f) = &ms.filter {
+        condition = condition.and(row_expr(model, f));
+    }
+    let dim_names: Vec<Expr> = (0..dims.len())
+        .map(|i| Expr::Column(Column::from_name(dim_column(i))))
+        .collect();
+    let named = |n: &str| Expr::Column(Column::from_name(n));
+    let mut builder = builder.filter(condition).map_err(internal)?;
+    let out = measure_column(m);
+    match window.resets {
+        None => {
+            let mut by_day = vec![day.alias("__day")];
+            by_day.extend(dims);
+            by_day.push(arg.alias("__value"));
+            builder = builder.aggregate(by_day, Vec::<Expr>::new()).map_err(internal)?;
+            let mut by_window = vec![window_period().alias(PERIOD)];
+            by_window.extend(dim_names.clone());
+            by_window.push(named("__value"));
+            let mut group = vec![named(PERIOD)];
+            group.extend(dim_names);
+            join_windows(builder, named("__day"), window.mapping)?
+                .aggregate(by_window, Vec::<Expr>::new())
+                .and_then(|b| b.aggregate(group, vec![agg::count(lit(1i64)).alias(out)]))
+                .and_then(|b| b.build())
+                .map_err(internal)
+        }
+        Some(reset) => {
+            let mut by_value = vec![reset.alias("__reset")];
+            by_value.extend(dims);
+            by_value.push(arg.alias("__value"));
+            let mut by_first = vec![named("__day")];
+            by_first.extend(dim_names.clone());
+            let mut group = vec![named(PERIOD)];
+            group.extend(dim_names);
+            let firsts = builder
+                .aggregate(by_value, vec![agg::min(day).alias("__day")])
+                .and_then(|b| b.aggregate(by_first, vec![agg::count(lit(1i64)).alias("__firsts")]))
+                .map_err(internal)?;
+            join_windows(firsts, named("__day"), window.mapping)?
+                .aggregate(group, vec![agg::sum(named("__firsts")).alias(out)])
+                .and_then(|b| b.build())
+                .map_err(internal)
+        }
+    }
 }
 
 /// Semi-additive measures: each measure's aggregate per day, then the value of the last (or

@@ -550,3 +550,34 @@ fn windows_and_offsets_without_from_start_at_the_first_row() {
         &[("2023-02-28", s(1.)), ("2023-03-01", s(2.)), ("2023-03-02", s(2.))],
     );
 }
+
+#[test]
+fn distinct_counts_over_windows_by_breakdown_value() {
+    let mut env = env();
+    let t = env.query(
+        &["buyers_7d", "buyers_cumulative"],
+        Q {
+            grain: Some("month"),
+            dims: &["channel"],
+            from: Some("2024-02-01"),
+            to: Some("2024-03-31"),
+            ..Q::default()
+        },
+    );
+    let value = |p: &str, ch: &str, col: usize| {
+        t.rows
+            .iter()
+            .find(|r| r.period.unwrap().to_string() == p && r.dimensions[0].as_deref() == Some(ch))
+            .unwrap()
+            .values[col]
+    };
+    // The 7 days to 29 February: web c1, c3; phone c2. To 31 March: web none; phone c3.
+    assert_close(value("2024-02-01", "web", 0), s(2.), "web buyers, last 7 days of February");
+    assert_close(value("2024-02-01", "phone", 0), s(1.), "phone buyers, last 7 days of February");
+    assert_close(value("2024-03-01", "web", 0), s(0.), "web buyers, last 7 days of March");
+    assert_close(value("2024-03-01", "phone", 0), s(1.), "phone buyers, last 7 days of March");
+    // Since the first row: web c1 (2023), c3; phone c2 (2023), then c3 (30 March).
+    assert_close(value("2024-02-01", "web", 1), s(2.), "web buyers since the start, February");
+    assert_close(value("2024-02-01", "phone", 1), s(1.), "phone buyers since the start, February");
+    assert_close(value("2024-03-01", "phone", 1), s(2.), "phone buyers since the start, March");
+}
