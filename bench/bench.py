@@ -210,10 +210,9 @@ def windows(data, project):
         "bench_mtd": f"""WITH {daily} SELECT s.d, sum(coalesce(v, 0)) OVER (PARTITION BY date_trunc('month', s.d)
                          ORDER BY s.d ROWS UNBOUNDED PRECEDING) FROM spine s LEFT JOIN daily USING (d) ORDER BY 1""",
         "bench_customers_7d": f"""WITH e AS (SELECT DISTINCT CAST(created_at AS DATE) AS d, customer_id
-                                  FROM '{data}/enquiries.parquet'),
-                                  days AS (SELECT DISTINCT d FROM e)
-                                  SELECT days.d, count(DISTINCT e.customer_id) FROM days JOIN e
-                                  ON e.d BETWEEN days.d - 6 AND days.d GROUP BY 1 ORDER BY 1""",
+                                  FROM '{data}/enquiries.parquet')
+                                  SELECT e.d + CAST(i AS INTEGER) AS day, count(DISTINCT customer_id) FROM e, range(7) t(i)
+                                  WHERE e.d + CAST(i AS INTEGER) <= (SELECT max(d) FROM e) GROUP BY 1 ORDER BY 1""",
     }
     results = {}
     for metric in ["enquiries", "bench_7d", "bench_mtd", "bench_customers_7d"]:
