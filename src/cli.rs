@@ -508,9 +508,18 @@ async fn explain(l: Loaded, metric: &str, by: Option<&str>, dims: &[String], col
             Err(_) => out.push_str(&format!("{}\n", scan.plan.display_indent())),
         }
         out.push_str("\nSQL:\n");
-        match datafusion::sql::unparser::plan_to_sql(&scan.plan) {
+        let sql = match &scan.sql {
+            Some(p) => plan::portable(p.clone()).and_then(|p| {
+                datafusion::sql::unparser::plan_to_sql(&p).map_err(|e| Diagnostic::usage("E0707", e.strip_backtrace()))
+            }),
+            None => Err(Diagnostic::usage(
+                "E0707",
+                "windows, balances and conversions join or order rows in ways the SQL writer cannot express; the plan above is what runs",
+            )),
+        };
+        match sql {
             Ok(sql) => out.push_str(&format!("{sql};\n")),
-            Err(e) => out.push_str(&format!("(no SQL form: {})\n", e.strip_backtrace())),
+            Err(e) => out.push_str(&format!("(no SQL form: {})\n", e.message)),
         }
     }
     for k in &plan.key_checks {

@@ -26,6 +26,7 @@ pub mod diagnostic;
 pub mod model;
 pub mod output;
 pub mod percentile;
+pub mod period;
 pub mod plan;
 pub mod project;
 pub mod run;

@@ -79,6 +79,9 @@ pub struct Scan {
     pub measures: Vec<MeasureId>,
     pub kind: SeriesKind,
     pub plan: LogicalPlan,
+    /// The same aggregate as one plain `Aggregate`, to write as SQL; `None` for windows,
+    /// snapshots and conversions, which have no single-statement form here.
+    pub sql: Option<LogicalPlan>,
 }
 
 /// Finds a duplicate key on the "one" side of a many-to-one join, if there is one.
@@ -313,7 +316,12 @@ pub fn build_with_range(
                 _ => None,
             },
         };
-        let (plan, joins) = scan_plan(model, files, calendar, &query, &spec)?;
+        let (plan, joins) = scan_plan(model, files, calendar, &query, &spec, false)?;
+        // The same numbers as one aggregate, for SQL (the unparser loses stacked aggregates).
+        let sql = match (&spec.shape, spec.conversion) {
+            (Shape::Plain, None) => Some(scan_plan(model, files, calendar, &query, &spec, true)?.0),
+            _ => None,
+        };
         for (s, j) in joins {
             if !key_checks.iter().any(|k| k.source == s && k.join == j) {
                 key_checks.push(KeyCheck {
@@ -328,6 +336,7 @@ pub fn build_with_range(
             measures: ms,
             kind,
             plan,
+            sql,
         });
     }
     Ok(QueryPlan {
@@ -407,6 +416,7 @@ fn scan_plan(
     calendar: &Calendar,
     query: &Query,
     spec: &ScanSpec,
+    simple: bool,
 ) -> Result<(LogicalPlan, Vec<(SourceId, usize)>)> {
     let (source, measures) = (spec.source, spec.measures);
     let src = &model.sources[source];
@@ -517,7 +527,7 @@ fn scan_plan(
     let day = time.map(|t| period_expr(&time_of(t), Grain::Day, calendar));
 
     let plain = matches!(spec.shape, Shape::Plain) && spec.conversion.is_none();
-    if plain && aggregates_before_joins(model, source, &edges, measures, filter.as_ref()) {
+    if plain && !simple && aggregates_before_joins(model, source, &edges, measures, filter.as_ref()) {
         let plan = aggregate_then_join(model, source, &edges, condition, period, &dims, measures)?;
         return Ok((plan, edges));
     }
@@ -542,7 +552,9 @@ fn scan_plan(
             let mut group: Vec<Expr> = period.into_iter().collect();
             group.extend(dim_exprs);
             match filter_columns(model, measures) {
-                Some(columns) if spec.conversion.is_none() => pre_aggregated(model, builder, group, columns, measures)?,
+                Some(columns) if spec.conversion.is_none() && !simple => {
+                    pre_aggregated(model, builder, group, columns, measures)?
+                }
                 _ => {
                     let aggs = measures
                         .iter()
@@ -1149,9 +1161,9 @@ fn day_starts(t: &TimeValue, day: NaiveDate, calendar: &Calendar) -> Expr {
     }
 }
 
-/// The period key of a time value: the start of its period, as a timestamp or a date
-/// (`run` reads either as a date). Truncating the raw timestamp is several times cheaper
-/// than converting every row to a date first.
+/// The period key of a time value: the start of its period, as a date. Local time first
+/// when the project has a time zone; then tally's own period function (see
+/// [`crate::period`]), which is several times cheaper than `date_trunc` per row.
 fn period_expr(t: &TimeValue, grain: Grain, calendar: &Calendar) -> Expr {
     let local = match (&t.data_type, calendar.time_zone) {
         (DataType::Timestamp(unit, stored), Some(tz)) => {
@@ -1163,9 +1175,37 @@ fn period_expr(t: &TimeValue, grain: Grain, calendar: &Calendar) -> Expr {
             // to_local_time: the wall-clock time in that zone, as a naive timestamp.
             func::to_local_time(vec![zoned])
         }
-        (DataType::Timestamp(..), None) => t.expr.clone(),
+        (DataType::Timestamp(..) | DataType::Date32 | DataType::Date64, _) => t.expr.clone(),
         _ => cast(t.expr.clone(), DataType::Timestamp(TimeUnit::Second, None)),
     };
+    crate::period::period(local, grain, calendar)
+}
+
+/// A plan with tally's period function written as portable SQL (`date_trunc` and interval
+/// arithmetic), for `explain`.
+pub fn portable(plan: LogicalPlan) -> Result<LogicalPlan> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    plan.transform_up(|node| {
+        node.map_expressions(|e| {
+            e.transform_up(|x| match &x {
+                Expr::ScalarFunction(f) => match crate::period::parts(&f.func) {
+                    Some((grain, calendar)) => Ok(Transformed::yes(cast(
+                        truncate(f.args[0].clone(), grain, &calendar),
+                        DataType::Date32,
+                    ))),
+                    None => Ok(Transformed::no(x)),
+                },
+                _ => Ok(Transformed::no(x)),
+            })
+        })
+    })
+    .map(|t| t.data)
+    .map_err(internal)
+}
+
+/// `date_trunc` to a grain's period start, with the week start and the fiscal year.
+fn truncate(local: Expr, grain: Grain, calendar: &Calendar) -> Expr {
+    let local = cast(local, DataType::Timestamp(TimeUnit::Second, None));
     let trunc = |unit: &str, e: Expr| func::date_trunc(lit(unit), e);
     match grain {
         Grain::Day => trunc("day", local),

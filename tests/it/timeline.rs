@@ -572,12 +572,36 @@ fn distinct_counts_over_windows_by_breakdown_value() {
             .values[col]
     };
     // The 7 days to 29 February: web c1, c3; phone c2. To 31 March: web none; phone c3.
-    assert_close(value("2024-02-01", "web", 0), s(2.), "web buyers, last 7 days of February");
-    assert_close(value("2024-02-01", "phone", 0), s(1.), "phone buyers, last 7 days of February");
+    assert_close(
+        value("2024-02-01", "web", 0),
+        s(2.),
+        "web buyers, last 7 days of February",
+    );
+    assert_close(
+        value("2024-02-01", "phone", 0),
+        s(1.),
+        "phone buyers, last 7 days of February",
+    );
     assert_close(value("2024-03-01", "web", 0), s(0.), "web buyers, last 7 days of March");
-    assert_close(value("2024-03-01", "phone", 0), s(1.), "phone buyers, last 7 days of March");
+    assert_close(
+        value("2024-03-01", "phone", 0),
+        s(1.),
+        "phone buyers, last 7 days of March",
+    );
     // Since the first row: web c1 (2023), c3; phone c2 (2023), then c3 (30 March).
-    assert_close(value("2024-02-01", "web", 1), s(2.), "web buyers since the start, February");
-    assert_close(value("2024-02-01", "phone", 1), s(1.), "phone buyers since the start, February");
-    assert_close(value("2024-03-01", "phone", 1), s(2.), "phone buyers since the start, March");
+    assert_close(
+        value("2024-02-01", "web", 1),
+        s(2.),
+        "web buyers since the start, February",
+    );
+    assert_close(
+        value("2024-02-01", "phone", 1),
+        s(1.),
+        "phone buyers since the start, February",
+    );
+    assert_close(
+        value("2024-03-01", "phone", 1),
+        s(2.),
+        "phone buyers since the start, March",
+    );
 }
