@@ -8,7 +8,7 @@ export SCALE="${SCALE:-450}"
 export THREADS="${THREADS:-$(nproc)}"
 export OUT="${OUT:-bench/out}"
 
-cargo build --release --locked --bin tally --example generate
+cargo build --release --locked --bin tally --example generate --example timeit
 if [ ! -x bench/.venv/bin/python ]; then
   python3 -m venv bench/.venv
   bench/.venv/bin/pip install --quiet duckdb
