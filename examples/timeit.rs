@@ -20,7 +20,10 @@ fn main() {
             _ => metrics.push(a),
         }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let (project, _) = tally::project::load(&project, &SettingsFile::default())
         .map_err(|(_, d)| d)
         .expect("the project loads");
@@ -41,7 +44,13 @@ fn main() {
     for _ in 0..=runs {
         let start = Instant::now();
         let table = runtime
-            .block_on(tally::run::query(&ctx, &model, &project.files, &project.settings, query.clone()))
+            .block_on(tally::run::query(
+                &ctx,
+                &model,
+                &project.files,
+                &project.settings,
+                query.clone(),
+            ))
             .unwrap_or_else(|d| panic!("{}", tally::diagnostic::render_human(&project.files, &[d], false)));
         std::hint::black_box(table);
         times.push(start.elapsed().as_secs_f64());

@@ -14,7 +14,8 @@ pub struct Definitions {
     pub sources: Vec<SourceDef>,
     pub dimensions: Vec<DimensionDef>,
     pub metrics: Vec<MetricDef>,
-    /// Targets, alerts and reports: read, not yet evaluated.
+    pub targets: Vec<TargetDef>,
+    /// Alerts and reports: read, not yet evaluated.
     pub deferred: Vec<DeferredDef>,
 }
 
@@ -23,11 +24,55 @@ impl Definitions {
         self.sources.extend(other.sources);
         self.dimensions.extend(other.dimensions);
         self.metrics.extend(other.metrics);
+        self.targets.extend(other.targets);
         self.deferred.extend(other.deferred);
     }
 }
 
-/// A target, alert or report: kept whole for the stages that evaluate them.
+/// `target METRIC >= LEVEL [per GRAIN] [from PERIOD] [by DATE] [tolerance X]`
+#[derive(Debug, Clone)]
+pub struct TargetDef {
+    pub metric: Name,
+    pub goal: GoalDef,
+    pub per: Option<Name>,
+    pub from: Option<Spanned<NaiveDate>>,
+    /// A deadline: the metric adds up from the start of the period to this day.
+    pub by: Option<Spanned<NaiveDate>>,
+    pub tolerance: Option<Spanned<Amount>>,
+    pub span: Span,
+}
+
+/// A target's direction and level(s); `Reach` is `=` (a deadline's goal).
+#[derive(Debug, Clone)]
+pub enum GoalDef {
+    AtLeast(LevelDef),
+    AtMost(LevelDef),
+    Between(LevelDef, LevelDef),
+    Reach(LevelDef),
+}
+
+/// A level: one value, one per period, or a CSV file of them.
+#[derive(Debug, Clone)]
+pub struct LevelDef {
+    pub kind: LevelKind,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone)]
+pub enum LevelKind {
+    Constant(Amount),
+    Schedule(Vec<(Spanned<NaiveDate>, Amount)>),
+    File(Spanned<String>),
+}
+
+/// A number as written: `25%` is 0.25 with `percent`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Amount {
+    pub value: f64,
+    pub percent: bool,
+}
+
+/// An alert or report: kept whole for the stages that evaluate them.
 #[derive(Debug, Clone)]
 pub struct DeferredDef {
     /// `target`, `alert` or `report`.

@@ -84,7 +84,15 @@ pub enum Command {
         #[arg(long = "dim")]
         dims: Vec<String>,
     },
-    /// List sources (with columns), dimensions and metrics.
+    /// Evaluate every target as of a day: the period's value and status, a deadline's pace.
+    Targets {
+        /// The day (default: today in the project's time zone); no later row is read.
+        #[arg(long = "as-of")]
+        as_of: Option<String>,
+        #[arg(long, value_enum, default_value = "human")]
+        format: ListFormat,
+    },
+    /// List sources (with columns), dimensions, metrics and targets.
     List {
         #[arg(long, value_enum, default_value = "human")]
         format: ListFormat,
@@ -208,6 +216,13 @@ pub async fn run(cli: Cli) -> Outcome {
                 Err(o) => return o,
             };
             explain(loaded, &metric, by.as_deref(), &dims, color).await
+        }
+        Command::Targets { as_of, format } => {
+            let loaded = match load(&cli.global, color).await {
+                Ok(l) => l,
+                Err(o) => return o,
+            };
+            targets(&loaded, as_of.as_deref(), format, color).await
         }
         Command::List { format } => {
             let loaded = match load(&cli.global, color).await {
@@ -536,6 +551,115 @@ async fn explain(l: Loaded, metric: &str, by: Option<&str>, dims: &[String], col
     }
 }
 
+/// Today in the project's time zone.
+fn today(calendar: &tally::time::Calendar) -> chrono::NaiveDate {
+    match calendar.time_zone {
+        Some(tz) => chrono::Utc::now().with_timezone(&tz).date_naive(),
+        None => chrono::Local::now().date_naive(),
+    }
+}
+
+async fn targets(l: &Loaded, as_of: Option<&str>, format: ListFormat, color: bool) -> Outcome {
+    let settings = &l.project.settings;
+    let as_of = match date_arg(as_of, false, "--as-of") {
+        Ok(d) => d.unwrap_or_else(|| today(&settings.calendar())),
+        Err(d) => return Outcome::diagnostics(&l.project.files, &[d], color),
+    };
+    let results = match tally::targets::evaluate(&l.ctx, &l.model, &l.project.files, settings, as_of).await {
+        Ok(r) => r,
+        Err(d) => return Outcome::diagnostics(&l.project.files, &[d], color),
+    };
+    let m = &l.model;
+    let fmt = |r: &tally::targets::TargetResult, v: Option<f64>| {
+        output::format_value(v, &m.metrics[m.targets[r.target].metric].format)
+    };
+    if format == ListFormat::Json {
+        let rows: Vec<_> = results
+            .iter()
+            .map(|r| {
+                let t = &m.targets[r.target];
+                serde_json::json!({
+                    "target": t.text,
+                    "metric": r.metric,
+                    "per": r.grain.name(),
+                    "period": r.period.to_string(),
+                    "value": r.value,
+                    "level": r.level,
+                    "high": r.high,
+                    "status": r.status.name(),
+                    "attainment": r.attainment,
+                    "deadline": r.pace.as_ref().map(|p| p.deadline.to_string()),
+                    "days_elapsed": r.pace.as_ref().map(|p| p.days_elapsed),
+                    "days_total": r.pace.as_ref().map(|p| p.days_total),
+                    "projected": r.pace.as_ref().map(|p| p.projected),
+                    "needed_per_day": r.pace.as_ref().and_then(|p| p.needed_per_day),
+                })
+            })
+            .collect();
+        let v = serde_json::json!({"as_of": as_of.to_string(), "targets": rows});
+        return Outcome {
+            stdout: serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
+            ..Outcome::default()
+        };
+    }
+    let mut out = format!("targets as of {as_of}\n");
+    for r in &results {
+        let t = &m.targets[r.target];
+        let level = match (r.level, r.high) {
+            (Some(lo), Some(hi)) => format!("{} to {}", fmt(r, Some(lo)), fmt(r, Some(hi))),
+            (l, _) => fmt(r, l),
+        };
+        let attainment = r
+            .attainment
+            .map(|a| {
+                format!(
+                    " ({} of the level)",
+                    output::format_value(Some(a), &tally::ast::Format::Percent)
+                )
+            })
+            .unwrap_or_default();
+        out.push_str(&format!("\n  {}\n", t.text));
+        let value = match r.value {
+            Some(_) => fmt(r, r.value),
+            None => "no value".into(),
+        };
+        let deadline = t.deadline.is_some();
+        match &r.pace {
+            Some(p) => {
+                let (what, from) = if deadline {
+                    ("from", format!("{} to {}", r.period, p.deadline))
+                } else {
+                    ("for the", format!("{} of {}", r.grain.name(), r.period))
+                };
+                out.push_str(&format!(
+                    "    {} {what} {from}: {value} so far against {level}{attainment}, day {} of {}\n",
+                    r.status.name(),
+                    p.days_elapsed,
+                    p.days_total
+                ));
+                out.push_str(&format!("    projected at this rate: {}", fmt(r, Some(p.projected))));
+                if let Some(n) = p.needed_per_day {
+                    out.push_str(&format!("; needed from here: {} a day", fmt(r, Some(n))));
+                }
+                out.push('\n');
+            }
+            None => out.push_str(&format!(
+                "    {} for the {} of {}: {value} against {level}{attainment}\n",
+                r.status.name(),
+                r.grain.name(),
+                r.period,
+            )),
+        }
+    }
+    if results.is_empty() {
+        out.push_str("  (no targets)\n");
+    }
+    Outcome {
+        stdout: out,
+        ..Outcome::default()
+    }
+}
+
 fn list(l: &Loaded, format: ListFormat) -> Outcome {
     let m = &l.model;
     if format == ListFormat::Json {
@@ -564,7 +688,12 @@ fn list(l: &Loaded, format: ListFormat) -> Outcome {
                 serde_json::json!({"name": x.name, "label": x.label, "definition": x.text, "format": x.format.to_string(), "owner": x.owner, "description": x.description, "tags": x.tags})
             })
             .collect();
-        let v = serde_json::json!({"sources": sources, "dimensions": dims, "metrics": metrics});
+        let targets: Vec<_> = m
+            .targets
+            .iter()
+            .map(|t| serde_json::json!({"metric": m.metrics[t.metric].name, "definition": t.text, "per": t.grain.name()}))
+            .collect();
+        let v = serde_json::json!({"sources": sources, "dimensions": dims, "metrics": metrics, "targets": targets});
         return Outcome {
             stdout: serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
             ..Outcome::default()
@@ -598,6 +727,12 @@ fn list(l: &Loaded, format: ListFormat) -> Outcome {
     for x in &m.metrics {
         let label = x.label.as_deref().map(|l| format!(" \"{l}\"")).unwrap_or_default();
         out.push_str(&format!("  {}{label} = {}  [{}]\n", x.name, x.text, x.format));
+    }
+    if !m.targets.is_empty() {
+        out.push_str("targets:\n");
+        for t in &m.targets {
+            out.push_str(&format!("  {}\n", t.text));
+        }
     }
     Outcome {
         stdout: out,

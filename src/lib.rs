@@ -33,5 +33,6 @@ pub mod run;
 pub mod settings;
 pub mod span;
 pub mod syntax;
+pub mod targets;
 pub mod time;
 pub mod yaml;

@@ -4,10 +4,14 @@
 //! serde with unknown keys refused; places come from [`Locator`], which maps key paths to
 //! byte offsets so that expressions inside YAML report `file:line:col` of the YAML file.
 
-use crate::ast::{DeferredDef, Definitions, DimensionDef, Format, JoinDef, Meta, MetricDef, SourceDef};
+use crate::ast::{
+    Amount, DeferredDef, Definitions, DimensionDef, Format, GoalDef, JoinDef, LevelDef, LevelKind, Meta, MetricDef,
+    SourceDef, TargetDef,
+};
 use crate::diagnostic::Diagnostic;
 use crate::span::{FileId, Span, Spanned};
 use crate::syntax;
+use chrono::NaiveDate;
 use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -27,10 +31,13 @@ pub struct YamlFile {
     /// KPIs: simple aggregates or arithmetic over other metrics.
     #[serde(default)]
     pub metrics: IndexMap<String, YamlMetric>,
-    /// Goals for metrics (read, not yet evaluated).
+    /// Goals for metrics.
     #[serde(default)]
-    #[schemars(with = "Option<Vec<serde_json::Value>>")]
-    pub targets: Option<serde_yaml::Value>,
+    pub targets: Vec<YamlTarget>,
+    /// The place of each target in the file's list (entries that did not read are skipped).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub target_index: Vec<usize>,
     /// Conditions over metric series (read, not yet evaluated).
     #[serde(default)]
     #[schemars(with = "Option<IndexMap<String, serde_json::Value>>")]
@@ -39,6 +46,55 @@ pub struct YamlFile {
     #[serde(default)]
     #[schemars(with = "Option<IndexMap<String, serde_json::Value>>")]
     pub reports: Option<IndexMap<String, serde_yaml::Value>>,
+}
+
+/// A goal for a metric: one of `at_least`, `at_most`, `between`, `reach` (with `by`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct YamlTarget {
+    /// The metric's name.
+    pub metric: String,
+    /// The metric should be at least this (a number, `25%`, a schedule or `{file: ...}`).
+    pub at_least: Option<YamlLevel>,
+    /// The metric should be at most this.
+    pub at_most: Option<YamlLevel>,
+    /// The metric should be between these two.
+    pub between: Option<[YamlAmount; 2]>,
+    /// The metric, added up from the start, should reach this by the deadline `by`.
+    pub reach: Option<YamlLevel>,
+    /// The period the target is for: day, week, month (default), quarter, year.
+    pub per: Option<String>,
+    /// The first period the target applies to (`2026-01`).
+    pub from: Option<YamlDate>,
+    /// A deadline (`2026-12-31`).
+    pub by: Option<YamlDate>,
+    /// Short of the level by at most this share (`5%`) is "near", not "missed".
+    pub tolerance: Option<YamlAmount>,
+}
+
+/// A level: one value, a value per period (`2026-01: 100000`), or `{file: levels.csv}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum YamlLevel {
+    Amount(YamlAmount),
+    File { file: String },
+    Schedule(IndexMap<String, YamlAmount>),
+}
+
+/// A number, or a percent written as text (`25%`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum YamlAmount {
+    Number(f64),
+    Text(String),
+}
+
+/// A date or a month, as YAML reads it (`2026-01` is text, `2026-01-31` may be too).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum YamlDate {
+    Text(String),
+    Number(f64),
 }
 
 /// A table: one Parquet or CSV file, a glob, or a folder.
@@ -255,16 +311,11 @@ pub fn parse_file(file: FileId, text: &str) -> (Definitions, Vec<Diagnostic>) {
         }
     }
 
-    if let Some(targets) = &parsed.targets {
-        let n = targets.as_sequence().map(|s| s.len()).unwrap_or(1);
-        for i in 0..n {
-            let idx = i.to_string();
-            let span = ctx.key_span(&["targets", idx.as_str()]);
-            defs.deferred.push(DeferredDef {
-                kind: "target",
-                name: Spanned::new(format!("targets[{i}]"), span),
-                span,
-            });
+    for (t, i) in parsed.targets.iter().zip(&parsed.target_index) {
+        let idx = i.to_string();
+        match target(&ctx, &["targets", idx.as_str()], t) {
+            Ok(t) => defs.targets.push(t),
+            Err(d) => diags.push(d),
         }
     }
     for (kind, group, map) in [
@@ -300,7 +351,8 @@ fn read(file: FileId, text: &str, loc: &Locator, diags: &mut Vec<Diagnostic>) ->
         sources: IndexMap::new(),
         dimensions: IndexMap::new(),
         metrics: IndexMap::new(),
-        targets: None,
+        targets: Vec::new(),
+        target_index: Vec::new(),
         alerts: None,
         reports: None,
     };
@@ -339,7 +391,23 @@ fn read(file: FileId, text: &str, loc: &Locator, diags: &mut Vec<Diagnostic>) ->
                     }
                 }
             }
-            "targets" => out.targets = Some(v.clone()),
+            "targets" => match v {
+                serde_yaml::Value::Sequence(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        match serde_yaml::from_value::<YamlTarget>(item.clone()) {
+                            Ok(t) => {
+                                out.targets.push(t);
+                                out.target_index.push(i);
+                            }
+                            Err(e) => diags.push(entry_error(file, loc, &["targets", &i.to_string()], &e)),
+                        }
+                    }
+                }
+                serde_yaml::Value::Null => {}
+                _ => diags.push(
+                    Diagnostic::error("E0204", "`targets` is a list of targets").at(at(&["targets"]), "not a list"),
+                ),
+            },
             "alerts" => out.alerts = Some(entries(file, loc, "alerts", v, diags)),
             "reports" => out.reports = Some(entries(file, loc, "reports", v, diags)),
             other => diags.push(
@@ -424,6 +492,124 @@ fn entry_error(file: FileId, loc: &Locator, path: &[&str], e: &serde_yaml::Error
         return d;
     }
     Diagnostic::error("E0204", format!("invalid `{}`: {reason}", path.join("."))).at(entry, "does not fit")
+}
+
+/// A target entry as the same AST the DSL gives.
+fn target(ctx: &Ctx, base: &[&str], t: &YamlTarget) -> Result<TargetDef, Diagnostic> {
+    let at = |key: &str| ctx.key_span(&[base, &[key]].concat());
+    let entry = ctx.key_span(base);
+    let amount = |key: &str, a: &YamlAmount| -> Result<Amount, Diagnostic> {
+        match a {
+            YamlAmount::Number(v) => Ok(Amount {
+                value: *v,
+                percent: false,
+            }),
+            YamlAmount::Text(text) => match text.trim().strip_suffix('%').map(|n| n.trim().parse::<f64>()) {
+                Some(Ok(v)) => Ok(Amount {
+                    value: v / 100.0,
+                    percent: true,
+                }),
+                _ => Err(
+                    Diagnostic::error("E0204", format!("`{text}` is not a number or a percent"))
+                        .at(at(key), "expected e.g. 120000 or 25%"),
+                ),
+            },
+        }
+    };
+    let level = |key: &str, l: &YamlLevel| -> Result<LevelDef, Diagnostic> {
+        let span = at(key);
+        let kind = match l {
+            YamlLevel::Amount(a) => LevelKind::Constant(amount(key, a)?),
+            YamlLevel::File { file } => LevelKind::File(Spanned::new(file.clone(), span)),
+            YamlLevel::Schedule(entries) => {
+                let mut out = Vec::new();
+                for (period, a) in entries {
+                    let pspan = ctx.key_span(&[base, &[key, period.as_str()]].concat());
+                    let date = date_value(period, pspan, false)?;
+                    out.push((Spanned::new(date, pspan), amount(key, a)?));
+                }
+                LevelKind::Schedule(out)
+            }
+        };
+        Ok(LevelDef { kind, span })
+    };
+    let mut goals = Vec::new();
+    if let Some(l) = &t.at_least {
+        goals.push(GoalDef::AtLeast(level("at_least", l)?));
+    }
+    if let Some(l) = &t.at_most {
+        goals.push(GoalDef::AtMost(level("at_most", l)?));
+    }
+    if let Some([lo, hi]) = &t.between {
+        let span = at("between");
+        let lv = |a| -> Result<LevelDef, Diagnostic> {
+            Ok(LevelDef {
+                kind: LevelKind::Constant(amount("between", a)?),
+                span,
+            })
+        };
+        goals.push(GoalDef::Between(lv(lo)?, lv(hi)?));
+    }
+    if let Some(l) = &t.reach {
+        goals.push(GoalDef::Reach(level("reach", l)?));
+    }
+    if goals.len() != 1 {
+        return Err(Diagnostic::error(
+            "E0205",
+            "a target has one of `at_least`, `at_most`, `between` and `reach`",
+        )
+        .at(
+            entry,
+            if goals.is_empty() {
+                "no level"
+            } else {
+                "more than one level"
+            },
+        ));
+    }
+    let date = |key: &str, d: &Option<YamlDate>, end: bool| -> Result<Option<Spanned<NaiveDate>>, Diagnostic> {
+        let Some(d) = d else { return Ok(None) };
+        let text = match d {
+            YamlDate::Text(t) => t.clone(),
+            YamlDate::Number(n) => n.to_string(),
+        };
+        let span = ctx.value_span(&[base, &[key]].concat(), &text);
+        Ok(Some(Spanned::new(date_value(&text, span, end)?, span)))
+    };
+    Ok(TargetDef {
+        metric: Spanned::new(
+            t.metric.clone(),
+            ctx.value_span(&[base, &["metric"]].concat(), &t.metric),
+        ),
+        goal: goals.pop().expect("one goal"),
+        per: t
+            .per
+            .as_ref()
+            .map(|p| Spanned::new(p.clone(), ctx.value_span(&[base, &["per"]].concat(), p))),
+        from: date("from", &t.from, false)?,
+        by: date("by", &t.by, true)?,
+        tolerance: match &t.tolerance {
+            Some(a) => Some(Spanned::new(amount("tolerance", a)?, at("tolerance"))),
+            None => None,
+        },
+        span: entry,
+    })
+}
+
+/// `2026-01-31`, or `2026-01`: its first day (its last when `end`).
+fn date_value(text: &str, span: Span, end: bool) -> Result<NaiveDate, Diagnostic> {
+    let bad = || {
+        Diagnostic::error("E0109", format!("`{text}` is not a valid date")).at(span, "expected YYYY-MM-DD or YYYY-MM")
+    };
+    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(d);
+    }
+    let first = NaiveDate::parse_from_str(&format!("{text}-01"), "%Y-%m-%d").map_err(|_| bad())?;
+    Ok(if end {
+        first + chrono::Months::new(1) - chrono::Days::new(1)
+    } else {
+        first
+    })
 }
 
 struct Ctx<'a> {

@@ -6,7 +6,7 @@ mod types;
 
 pub use types::*;
 
-use crate::ast::{self, BinOp, Definitions, Expr, ExprKind, Format};
+use crate::ast::{self, BinOp, Definitions, Expr, ExprKind, Format, GoalDef};
 use crate::data::{self, SourceData};
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::settings::Settings;
@@ -77,6 +77,7 @@ pub async fn resolve(
     let metrics = r.metrics();
     r.cycles(&metrics);
     r.time_checks(&metrics);
+    let targets = r.targets(settings, &metrics);
     for d in &defs.deferred {
         r.diags.push(
             Diagnostic::error(
@@ -101,6 +102,7 @@ pub async fn resolve(
         dimensions: dimensions.into_iter().flatten().collect(),
         metrics: metrics.into_iter().flatten().collect(),
         measures: r.measures,
+        targets,
         deferred: defs.deferred.clone(),
         source_index: r.source_index,
         dimension_index: r.dim_index,
@@ -1385,6 +1387,286 @@ impl<'a> Resolver<'a> {
         Ok(x)
     }
 
+    /// Targets: the metric exists and has time; levels fit its unit (a percent for a
+    /// percent metric) and its grain; a deadline adds up an additive metric.
+    fn targets(&mut self, settings: &Settings, metrics: &[Option<Metric>]) -> Vec<Target> {
+        let defs = self.defs;
+        let calendar = settings.calendar();
+        let mut out = Vec::new();
+        for t in &defs.targets {
+            let Some(&id) = self.metric_index.get(&t.metric.value) else {
+                let d = Diagnostic::error("E0521", format!("unknown metric `{}`", t.metric.value))
+                    .at(t.metric.span, "no metric of this name")
+                    .suggest(&t.metric.value, self.metric_index.keys().map(|s| s.as_str()));
+                self.error(d);
+                continue;
+            };
+            let Some(Some(metric)) = metrics.get(id) else {
+                continue; // its own errors are reported
+            };
+            let grain = match &t.per {
+                None => Grain::Month,
+                Some(p) => match Grain::parse(&p.value) {
+                    Some(g) => g,
+                    None => {
+                        let d = Diagnostic::error("E0545", format!("`{}` is not a period", p.value))
+                            .at(p.span, "expected day, week, month, quarter or year")
+                            .suggest(&p.value, Grain::ALL.iter().map(|g| g.name()));
+                        self.error(d);
+                        continue;
+                    }
+                },
+            };
+            // Every measure of the metric needs a time column.
+            let mut measures = Vec::new();
+            let mut seen = Vec::new();
+            let mut stack = vec![metric.formula.clone()];
+            while let Some(f) = stack.pop() {
+                f.walk(&mut |x| match x {
+                    Formula::Measure(m) => measures.push(*m),
+                    Formula::Metric(mid) if !seen.contains(mid) => {
+                        seen.push(*mid);
+                        if let Some(Some(m)) = metrics.get(*mid) {
+                            stack.push(m.formula.clone());
+                        }
+                    }
+                    _ => {}
+                });
+            }
+            if let Some(&m) = measures
+                .iter()
+                .find(|&&m| self.defs.sources[self.measures[m].source].time.is_none())
+            {
+                let name = &self.defs.sources[self.measures[m].source].name;
+                let d = Diagnostic::error(
+                    "E0540",
+                    format!(
+                        "a target is per period: source `{}` of `{}` has no time column",
+                        name.value, metric.name
+                    ),
+                )
+                .at(t.metric.span, "a target over time")
+                .also(name.span, "declare `time: COLUMN` in this source");
+                self.error(d);
+                continue;
+            }
+            let (direction, low, high, reach) = match &t.goal {
+                GoalDef::AtLeast(l) => (TargetDirection::AtLeast, l, None, false),
+                GoalDef::AtMost(l) => (TargetDirection::AtMost, l, None, false),
+                GoalDef::Between(lo, hi) => (TargetDirection::Between, lo, Some(hi), false),
+                GoalDef::Reach(l) => (TargetDirection::AtLeast, l, None, true),
+            };
+            if reach && t.by.is_none() {
+                let d = Diagnostic::error("E0561", "`=` sets a goal to reach by a deadline")
+                    .at(t.span, "no deadline")
+                    .note(format!(
+                        "add one (`target {} = ... by 2026-12-31`), or write `>=` or `<=` for a level per period",
+                        t.metric.value
+                    ));
+                self.error(d);
+                continue;
+            }
+            let Ok(level) = self.level(settings, &calendar, metric, low, grain) else {
+                continue;
+            };
+            let high = match high.map(|h| self.level(settings, &calendar, metric, h, grain)) {
+                Some(Ok(h)) => Some(h),
+                Some(Err(())) => continue,
+                None => None,
+            };
+            if let (Level::Constant(lo), Some(Level::Constant(hi))) = (&level, &high)
+                && lo > hi
+            {
+                let mut d = Diagnostic::error("E0563", "the lower level of `between` is above the upper one")
+                    .at(low.span, "the lower level");
+                if let ast::GoalDef::Between(_, hi) = &t.goal {
+                    d = d.also(hi.span, "the upper level");
+                }
+                self.error(d);
+                continue;
+            }
+            if let Some(by) = &t.by {
+                if !additive(
+                    &self.measures,
+                    &|id| metrics.get(id).and_then(|m| m.as_ref()).map(|m| &m.formula),
+                    &metric.formula,
+                ) {
+                    let d = Diagnostic::error(
+                        "E0562",
+                        format!(
+                            "a deadline adds `{}` up over time, and it is not a count or a sum",
+                            metric.name
+                        ),
+                    )
+                    .at(by.span, "a deadline")
+                    .also(t.metric.span, "a ratio, average or distinct count does not add up")
+                    .note("give it a level per period instead: `>= ... per month`");
+                    self.error(d);
+                    continue;
+                }
+                if !matches!(level, Level::Constant(_)) || direction == TargetDirection::Between {
+                    let d = Diagnostic::error("E0564", "a deadline target has one level")
+                        .at(low.span, "use a single value with a deadline");
+                    self.error(d);
+                    continue;
+                }
+                if let Some(from) = &t.from
+                    && from.value > by.value
+                {
+                    let d = Diagnostic::error("E0565", "the deadline is before the target starts")
+                        .at(by.span, "the deadline")
+                        .also(from.span, "the start");
+                    self.error(d);
+                    continue;
+                }
+            }
+            let tolerance = match &t.tolerance {
+                Some(a) if a.value.value < 0.0 || (!a.value.percent && a.value.value >= 1.0) => {
+                    let d = Diagnostic::error("E0566", "a tolerance is a share of the level, like 5%")
+                        .at(a.span, "expected a percent between 0% and 100%");
+                    self.error(d);
+                    continue;
+                }
+                Some(a) => a.value.value,
+                None => 0.0,
+            };
+            out.push(Target {
+                metric: id,
+                span: t.span,
+                text: target_text(self.files.text(t.span), t),
+                direction,
+                level,
+                high,
+                grain,
+                from: t.from.as_ref().map(|f| calendar.period_start(f.value, grain)),
+                deadline: t.by.as_ref().map(|b| b.value),
+                tolerance,
+            });
+        }
+        out
+    }
+
+    /// A level as values: percents only for percent metrics, schedule periods aligned with
+    /// the grain, schedule files read (confined to the data root, like sources).
+    fn level(
+        &mut self,
+        settings: &Settings,
+        calendar: &crate::time::Calendar,
+        metric: &Metric,
+        l: &ast::LevelDef,
+        grain: Grain,
+    ) -> R<Level> {
+        let percent_metric = metric.format == Format::Percent;
+        let check = |r: &mut Self, a: &ast::Amount, span: Span| -> R<f64> {
+            if a.percent && !percent_metric {
+                let d = Diagnostic::error(
+                    "E0560",
+                    format!("a percent target for `{}`, which is not a percent", metric.name),
+                )
+                .at(span, "a percent")
+                .note(format!(
+                    "`{}` is formatted as {}; write the level in its unit",
+                    metric.name, metric.format
+                ));
+                r.error(d);
+                return Err(());
+            }
+            if percent_metric && !a.percent && a.value.abs() > 1.0 {
+                let d = Diagnostic::error(
+                    "E0560",
+                    format!("`{}` is a percent: write its level as one", metric.name),
+                )
+                .at(span, format!("did you mean {}%?", a.value));
+                r.error(d);
+                return Err(());
+            }
+            Ok(a.value)
+        };
+        match &l.kind {
+            ast::LevelKind::Constant(a) => Ok(Level::Constant(check(self, a, l.span)?)),
+            ast::LevelKind::Schedule(entries) => {
+                let mut out = std::collections::BTreeMap::new();
+                for (period, a) in entries {
+                    let start = calendar.period_start(period.value, grain);
+                    if start != period.value {
+                        let d =
+                            Diagnostic::error("E0567", format!("{} does not start a {}", period.value, grain.name()))
+                                .at(period.span, format!("the {} starts on {start}", grain.name()));
+                        self.error(d);
+                        return Err(());
+                    }
+                    out.insert(start, check(self, a, period.span)?);
+                }
+                Ok(Level::Schedule(out))
+            }
+            ast::LevelKind::File(f) => {
+                let path = match data::resolve_path(settings, &f.value, f.span) {
+                    Ok(p) => p,
+                    Err(d) => {
+                        self.error(d);
+                        return Err(());
+                    }
+                };
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let d = Diagnostic::error("E0568", format!("cannot read the schedule `{}`: {e}", f.value))
+                            .at(f.span, "this file");
+                        self.error(d);
+                        return Err(());
+                    }
+                };
+                let mut out = std::collections::BTreeMap::new();
+                for (i, line) in text.lines().enumerate() {
+                    let cells: Vec<&str> = line.split(',').map(|c| c.trim()).collect();
+                    let period_of = |c: &str| {
+                        chrono::NaiveDate::parse_from_str(c, "%Y-%m-%d")
+                            .or_else(|_| chrono::NaiveDate::parse_from_str(&format!("{c}-01"), "%Y-%m-%d"))
+                            .ok()
+                    };
+                    let header = i == 0 && cells.first().is_some_and(|c| period_of(c).is_none());
+                    if line.trim().is_empty() || header {
+                        continue;
+                    }
+                    let bad = |why: &str| {
+                        Diagnostic::error("E0569", format!("{}:{}: {why}", f.value, i + 1))
+                            .at(f.span, "in this schedule")
+                            .note("a schedule is a CSV of period and value: `2026-01,120000`")
+                    };
+                    let [period, value] = cells.as_slice() else {
+                        self.error(bad("expected two cells, a period and a value"));
+                        return Err(());
+                    };
+                    let Some(date) = period_of(period) else {
+                        self.error(bad(&format!("`{period}` is not a date")));
+                        return Err(());
+                    };
+                    let amount = match value.strip_suffix('%') {
+                        Some(p) => p.trim().parse::<f64>().map(|v| ast::Amount {
+                            value: v / 100.0,
+                            percent: true,
+                        }),
+                        None => value.parse::<f64>().map(|v| ast::Amount {
+                            value: v,
+                            percent: false,
+                        }),
+                    };
+                    let Ok(amount) = amount else {
+                        self.error(bad(&format!("`{value}` is not a number")));
+                        return Err(());
+                    };
+                    let start = calendar.period_start(date, grain);
+                    if start != date {
+                        self.error(bad(&format!("{date} does not start a {}", grain.name())));
+                        return Err(());
+                    }
+                    out.insert(start, check(self, &amount, f.span)?);
+                }
+                Ok(Level::Schedule(out))
+            }
+        }
+    }
+
     /// Cycles between metrics, each reported once with its whole path.
     fn cycles(&mut self, metrics: &[Option<Metric>]) {
         let defs = self.defs;
@@ -1483,6 +1765,52 @@ fn metric_refs(e: &Expr, index: &HashMap<String, MetricId>, out: &mut Vec<(Metri
         }
         _ => {}
     }
+}
+
+/// A target as written in the DSL; a YAML entry written as the DSL would.
+fn target_text(written: &str, t: &ast::TargetDef) -> String {
+    if written.starts_with("target") {
+        return written.trim_end().to_string();
+    }
+    let amount = |a: &ast::Amount| {
+        if a.percent {
+            format!("{}%", a.value * 100.0)
+        } else {
+            format!("{}", a.value)
+        }
+    };
+    let level = |l: &ast::LevelDef| match &l.kind {
+        ast::LevelKind::Constant(a) => amount(a),
+        ast::LevelKind::File(f) => format!("schedule(\"{}\")", f.value),
+        ast::LevelKind::Schedule(entries) => format!(
+            "{{ {} }}",
+            entries
+                .iter()
+                .map(|(d, a)| format!("{}: {}", d.value, amount(a)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let goal = match &t.goal {
+        GoalDef::AtLeast(l) => format!(">= {}", level(l)),
+        GoalDef::AtMost(l) => format!("<= {}", level(l)),
+        GoalDef::Reach(l) => format!("= {}", level(l)),
+        GoalDef::Between(lo, hi) => format!("between {} and {}", level(lo), level(hi)),
+    };
+    let mut out = format!("target {} {goal}", t.metric.value);
+    if let Some(p) = &t.per {
+        out.push_str(&format!(" per {}", p.value));
+    }
+    if let Some(f) = &t.from {
+        out.push_str(&format!(" from {}", f.value));
+    }
+    if let Some(b) = &t.by {
+        out.push_str(&format!(" by {}", b.value));
+    }
+    if let Some(tol) = &t.tolerance {
+        out.push_str(&format!(" tolerance {}", amount(&tol.value)));
+    }
+    out
 }
 
 /// `rolling(revenue, 7 days)` → "a metric and a length"; for the arity message.

@@ -79,6 +79,7 @@ pub struct Model {
     pub dimensions: Vec<Dimension>,
     pub metrics: Vec<Metric>,
     pub measures: Vec<Measure>,
+    pub targets: Vec<Target>,
     pub deferred: Vec<DeferredDef>,
     pub(crate) source_index: HashMap<String, SourceId>,
     pub(crate) dimension_index: HashMap<String, DimensionId>,
@@ -119,6 +120,15 @@ impl Model {
         walk(self, &self.metrics[metric].formula, out)
     }
 
+    /// Whether a metric adds up over time (counts and sums, added or subtracted).
+    pub fn is_additive(&self, metric: MetricId) -> bool {
+        additive(
+            &self.measures,
+            &|id| self.metrics.get(id).map(|m| &m.formula),
+            &self.metrics[metric].formula,
+        )
+    }
+
     /// The join path from `from` to `to` (edges as (source, join index)), shortest first.
     pub fn join_path(&self, from: SourceId, to: SourceId) -> Option<Vec<(SourceId, usize)>> {
         if from == to {
@@ -146,6 +156,53 @@ impl Model {
             }
         }
         None
+    }
+}
+
+/// A goal for a metric, per period or by a deadline.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub metric: MetricId,
+    pub span: Span,
+    /// The definition as written.
+    pub text: String,
+    pub direction: TargetDirection,
+    pub level: Level,
+    /// The upper level of `between`.
+    pub high: Option<Level>,
+    /// The period the target is for (default: month).
+    pub grain: Grain,
+    /// The first day the target applies from.
+    pub from: Option<NaiveDate>,
+    /// With a deadline the metric adds up from the start (`from`, or the start of the year
+    /// that holds the deadline) to the deadline.
+    pub deadline: Option<NaiveDate>,
+    /// Short of the level by at most this share is "near".
+    pub tolerance: f64,
+}
+
+/// Which side of the level is good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetDirection {
+    AtLeast,
+    AtMost,
+    Between,
+}
+
+/// A target's level: one value, or one per period (keyed by the period's first day).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Level {
+    Constant(f64),
+    Schedule(std::collections::BTreeMap<NaiveDate, f64>),
+}
+
+impl Level {
+    /// The level of the period that starts on `period`.
+    pub fn at(&self, period: NaiveDate) -> Option<f64> {
+        match self {
+            Level::Constant(v) => Some(*v),
+            Level::Schedule(s) => s.get(&period).copied(),
+        }
     }
 }
 
@@ -434,4 +491,36 @@ impl RowExpr {
             }
         });
     }
+}
+
+/// Whether a formula adds up over time: counts and sums, added, subtracted or scaled.
+/// Metrics nest only so deep; a cycle (an error of its own) is not additive.
+pub(crate) fn additive<'a>(
+    measures: &[Measure],
+    formula_of: &dyn Fn(MetricId) -> Option<&'a Formula>,
+    f: &Formula,
+) -> bool {
+    fn go<'a>(
+        measures: &[Measure],
+        formula_of: &dyn Fn(MetricId) -> Option<&'a Formula>,
+        f: &Formula,
+        depth: u32,
+    ) -> bool {
+        let rec = |g: &Formula| depth < 64 && go(measures, formula_of, g, depth + 1);
+        match f {
+            Formula::Measure(m) => {
+                let m = &measures[*m];
+                matches!(m.agg, Agg::Count | Agg::Sum) && m.snapshot.is_none()
+            }
+            Formula::Metric(id) => formula_of(*id).is_some_and(rec),
+            Formula::Neg(a) => rec(a),
+            Formula::Binary(BinOp::Add | BinOp::Sub, a, b) => rec(a) && rec(b),
+            Formula::Binary(BinOp::Mul, a, b) => match (a.as_ref(), b.as_ref()) {
+                (Formula::Number(_), x) | (x, Formula::Number(_)) => rec(x),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+    go(measures, formula_of, f, 0)
 }

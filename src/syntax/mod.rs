@@ -5,8 +5,8 @@
 //! each definition is parsed alone, so one run reports every broken definition of a file.
 
 use crate::ast::{
-    BinOp, ConversionExpr, DeferredDef, Definitions, DimensionDef, Direction, Expr, ExprKind, Format, JoinDef, Meta,
-    MetricDef, Name, SourceDef,
+    Amount, BinOp, ConversionExpr, DeferredDef, Definitions, DimensionDef, Direction, Expr, ExprKind, Format, GoalDef,
+    JoinDef, LevelDef, LevelKind, Meta, MetricDef, Name, SourceDef, TargetDef,
 };
 use crate::diagnostic::Diagnostic;
 use crate::span::{FileId, Span, Spanned};
@@ -72,8 +72,11 @@ pub fn parse_file(file: FileId, text: &str) -> (Definitions, Vec<Diagnostic>) {
             Err(e) => diags.push(ctx.syntax_error(e, chunk, text)),
         }
     }
-    let empty =
-        defs.sources.is_empty() && defs.dimensions.is_empty() && defs.metrics.is_empty() && defs.deferred.is_empty();
+    let empty = defs.sources.is_empty()
+        && defs.dimensions.is_empty()
+        && defs.metrics.is_empty()
+        && defs.targets.is_empty()
+        && defs.deferred.is_empty();
     if empty && diags.is_empty() {
         diags.push(
             Diagnostic::error("E0103", "this definition file defines nothing")
@@ -265,11 +268,11 @@ impl Ctx {
                 let (name, expr, meta, span) = self.named_expr(pair)?;
                 defs.metrics.push(MetricDef { name, expr, meta, span });
             }
+            Rule::target_def => defs.targets.push(self.target(pair)?),
             Rule::deferred_def => {
                 let span = self.span(pair.as_span());
                 let mut inner = pair.into_inner();
                 let kind = match inner.next().map(|p| p.as_rule()) {
-                    Some(Rule::kw_target) => "target",
                     Some(Rule::kw_alert) => "alert",
                     _ => "report",
                 };
@@ -280,6 +283,120 @@ impl Ctx {
             r => unreachable!("item rule {r:?}"),
         }
         Ok(())
+    }
+
+    fn target(&self, pair: Pair<Rule>) -> Result<TargetDef> {
+        let text = pair.as_str();
+        let whole = self.span(pair.as_span());
+        let start = whole.start as usize;
+        let span = Span::new(whole.file, start, start + text.trim_end().len());
+        let mut inner = pair.into_inner();
+        inner.next(); // kw_target
+        let metric = self.name(inner.next().expect("metric"));
+        let goal_pair = inner.next().expect("goal");
+        let mut g = goal_pair.into_inner();
+        let first = g.next().expect("goal");
+        let goal = if first.as_rule() == Rule::target_between {
+            let mut levels = first.into_inner().filter(|p| p.as_rule() == Rule::level);
+            let lo = self.level(levels.next().expect("low"))?;
+            let hi = self.level(levels.next().expect("high"))?;
+            GoalDef::Between(lo, hi)
+        } else {
+            let level = self.level(g.next().expect("level"))?;
+            match first.as_str() {
+                ">=" => GoalDef::AtLeast(level),
+                "<=" => GoalDef::AtMost(level),
+                _ => GoalDef::Reach(level),
+            }
+        };
+        let mut t = TargetDef {
+            metric,
+            goal,
+            per: None,
+            from: None,
+            by: None,
+            tolerance: None,
+            span,
+        };
+        for clause in inner {
+            let c = clause.into_inner().next().expect("clause");
+            let rule = c.as_rule();
+            let value = c.into_inner().nth(1).expect("clause value");
+            let vspan = self.span(value.as_span());
+            match rule {
+                Rule::per_clause => t.per = Some(self.name(value)),
+                Rule::from_clause | Rule::deadline_clause => {
+                    let end = rule == Rule::deadline_clause;
+                    let d = self.date_value(value.as_str(), vspan, end)?;
+                    if end {
+                        t.by = Some(Spanned::new(d, vspan));
+                    } else {
+                        t.from = Some(Spanned::new(d, vspan));
+                    }
+                }
+                _ => t.tolerance = Some(Spanned::new(self.amount(value)?, vspan)),
+            }
+        }
+        Ok(t)
+    }
+
+    /// `120000`, `25%`, `{ 2026-01: 100000 }` or `schedule("file.csv")`.
+    fn level(&self, pair: Pair<Rule>) -> Result<LevelDef> {
+        let span = self.span(pair.as_span());
+        let p = pair.into_inner().next().expect("level");
+        let kind = match p.as_rule() {
+            Rule::level_schedule => {
+                let mut entries = Vec::new();
+                for e in p.into_inner() {
+                    let mut i = e.into_inner();
+                    let d = i.next().expect("period");
+                    let dspan = self.span(d.as_span());
+                    let date = self.date_value(d.as_str(), dspan, false)?;
+                    entries.push((Spanned::new(date, dspan), self.amount(i.next().expect("value"))?));
+                }
+                LevelKind::Schedule(entries)
+            }
+            Rule::level_file => {
+                let f = p.into_inner().nth(1).expect("file");
+                let fspan = self.span(f.as_span());
+                LevelKind::File(Spanned::new(unescape(f), fspan))
+            }
+            _ => LevelKind::Constant(self.amount(p)?),
+        };
+        Ok(LevelDef { kind, span })
+    }
+
+    /// A number or a percent, as written.
+    fn amount(&self, p: Pair<Rule>) -> Result<Amount> {
+        let span = self.span(p.as_span());
+        Ok(match p.as_rule() {
+            Rule::percent => {
+                let n = p.into_inner().next().expect("number");
+                Amount {
+                    value: parse_number(n.as_str(), span)? / 100.0,
+                    percent: true,
+                }
+            }
+            _ => Amount {
+                value: parse_number(p.as_str(), span)?,
+                percent: false,
+            },
+        })
+    }
+
+    /// `2026-01-31`, or `2026-01`: its first day (its last when `end`).
+    fn date_value(&self, text: &str, span: Span, end: bool) -> Result<NaiveDate> {
+        if text.len() == 7 {
+            let first =
+                NaiveDate::parse_from_str(&format!("{text}-01"), "%Y-%m-%d").map_err(|_| bad_date(span, text))?;
+            Ok(if end {
+                first + chrono::Months::new(1) - chrono::Days::new(1)
+            } else {
+                first
+            })
+        } else {
+            NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| bad_date(span, text))
+        }
     }
 
     fn source(&self, pair: Pair<Rule>) -> Result<SourceDef> {
@@ -781,7 +898,14 @@ fn rule_words(rule: Rule) -> Option<&'static str> {
         | Rule::op_div => "an operator",
         Rule::is_null | Rule::is_not_null | Rule::in_list | Rule::between => "an operator",
         Rule::op_not | Rule::op_neg => "an expression",
-        Rule::source_def | Rule::dimension_def | Rule::metric_def | Rule::deferred_def => "a definition",
+        Rule::source_def | Rule::dimension_def | Rule::metric_def | Rule::target_def | Rule::deferred_def => {
+            "a definition"
+        }
+        Rule::target_goal | Rule::target_op | Rule::target_between => "`>=`, `<=`, `=` or `between`",
+        Rule::level | Rule::level_schedule | Rule::level_file => "a level (a number, `25%`, `{ 2026-01: 100 }`)",
+        Rule::target_clause | Rule::per_clause | Rule::from_clause | Rule::deadline_clause | Rule::tolerance_clause => {
+            "`per`, `from`, `by` or `tolerance`"
+        }
         Rule::EOI => "the end of the definition",
         Rule::kw_on => "`on`",
         Rule::kw_and => "`and`",

@@ -302,3 +302,38 @@ fn time_functions_that_a_query_cannot_give() {
     }
     insta::assert_snapshot!("time_functions_that_a_query_cannot_give", out);
 }
+case!(
+    targets_on_bad_input,
+    &[
+        ("customers.csv", b"customer,segment\nalice,smb\n"),
+        ("levels.csv", b"period,value\n2026-01,10\n2026-02-15,12\n"),
+        (
+            "m.tally",
+            dsl(concat!(
+                "source customers { file: \"customers.csv\" }\n",
+                "metric paid = sum(orders.amount) { format: currency(USD) }\n",
+                "metric share_paid = count(orders where status = \"paid\") / count(orders) { format: percent }\n",
+                "metric customers = count(customers)\n",
+                "target pad >= 100\n",
+                "target paid >= 25%\n",
+                "target share_paid >= 25\n",
+                "target share_paid = 50% by 2026-12-31\n",
+                "target paid = 1000\n",
+                "target paid >= 10 per fortnight\n",
+                "target paid >= { 2026-01-15: 10 } per month\n",
+                "target paid between 20 and 10\n",
+                "target paid >= schedule(\"levels.csv\")\n",
+                "target paid >= schedule(\"missing.csv\")\n",
+                "target paid >= 10 tolerance 150\n",
+                "target customers >= 10\n",
+                "target paid = 100 by 2026-01-31 from 2026-03\n",
+                "target paid >> 10\n",
+            ))
+            .as_bytes()
+        ),
+        (
+            "t.yaml",
+            b"targets:\n  - metric: paid\n    at_least: 10\n    at_most: 20\n  - metric: paid\n    at_leat: 10\n  - metric: paid\n    at_least: lots\n"
+        ),
+    ]
+);

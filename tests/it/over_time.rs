@@ -375,6 +375,10 @@ metric days_to_complete = avg(days_between(jobs.started_at, jobs.completed_at))
 metric revenue_7d = rolling(revenue, 7 days)
 metric revenue_mtd = to_date(revenue, month)
 metric revenue_yoy = revenue / revenue[-1 year] - 1
+
+target revenue >= 120000 per month from 2026-01
+target conversion >= 25%
+target won_jobs = 1500 by 2026-12-31
 "#;
     let dir = tempfile::tempdir().unwrap();
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/services/data");
@@ -385,6 +389,7 @@ metric revenue_yoy = revenue / revenue[-1 year] - 1
     }
     std::fs::write(dir.path().join("metrics/operations.tally"), example).unwrap();
     let mut env = load(dir.path(), SettingsFile::default());
+    assert_eq!(env.model.targets.len(), 3);
     let t = env.query(
         &["revenue", "revenue_7d", "revenue_mtd", "revenue_yoy"],
         Q {

@@ -106,6 +106,28 @@ fn summary(defs: &Definitions) -> String {
             meta.owner.as_ref().map(|o| &o.value),
         ));
     }
+    for t in &defs.targets {
+        use tally::ast::{GoalDef, LevelKind};
+        let level = |l: &tally::ast::LevelDef| match &l.kind {
+            LevelKind::Constant(a) => format!("{}{}", a.value, if a.percent { " (percent)" } else { "" }),
+            LevelKind::Schedule(e) => format!("{:?}", e.iter().map(|(d, a)| (d.value, a.value)).collect::<Vec<_>>()),
+            LevelKind::File(f) => format!("file {}", f.value),
+        };
+        let goal = match &t.goal {
+            GoalDef::AtLeast(l) => format!("at_least({})", level(l)),
+            GoalDef::AtMost(l) => format!("at_most({})", level(l)),
+            GoalDef::Reach(l) => format!("reach({})", level(l)),
+            GoalDef::Between(a, b) => format!("between({}, {})", level(a), level(b)),
+        };
+        out.push_str(&format!(
+            "target {} {goal} per={:?} from={:?} by={:?} tolerance={:?}\n",
+            t.metric.value,
+            t.per.as_ref().map(|p| &p.value),
+            t.from.as_ref().map(|d| d.value),
+            t.by.as_ref().map(|d| d.value),
+            t.tolerance.as_ref().map(|a| a.value.value),
+        ));
+    }
     for d in &defs.deferred {
         out.push_str(&format!("{} {}\n", d.kind, d.name.value));
     }

@@ -605,3 +605,86 @@ fn distinct_counts_over_windows_by_breakdown_value() {
         "phone buyers since the start, March",
     );
 }
+
+fn targets_as_of(env: &crate::Env, day: &str) -> Vec<tally::targets::TargetResult> {
+    crate::runtime()
+        .block_on(tally::targets::evaluate(
+            &env.ctx,
+            &env.model,
+            &env.files,
+            &env.settings,
+            day.parse().unwrap(),
+        ))
+        .unwrap()
+}
+
+#[test]
+fn targets_per_period_and_by_a_deadline() {
+    use tally::targets::Status;
+    let env = env();
+    let find = |rs: &[tally::targets::TargetResult], text: &str| {
+        rs.iter()
+            .find(|r| env.model.targets[r.target].text.contains(text))
+            .unwrap_or_else(|| panic!("{text}"))
+            .clone()
+    };
+    // End of February: revenue 250 against 200; conversion 2/3 against 60%; average sale
+    // 62.5, above 60 but within 10%; 4 sales against the schedule's 4.
+    let feb = targets_as_of(&env, "2024-02-29");
+    let r = find(&feb, "revenue >= 200");
+    assert_eq!((r.value, r.level, r.status), (s(250.), s(200.), Status::Met));
+    assert_close(r.attainment, s(1.25), "attainment");
+    let r = find(&feb, "signup_conversion");
+    assert_eq!(r.status, Status::Met);
+    assert_close(r.value, s(2. / 3.), "conversion");
+    let r = find(&feb, "between");
+    assert_eq!(
+        (r.value, r.level, r.high, r.status),
+        (s(62.5), s(40.), s(60.), Status::Near)
+    );
+    assert_eq!(find(&feb, "sales >= {").status, Status::Met);
+    // The deadline: from 1 January 2024 (the year of the deadline) to 29 February, 60 days
+    // of 366; 250 so far projects to 250 / 60 * 366 = 1525.
+    let r = find(&feb, "= 500 by");
+    assert_eq!((r.value, r.status), (s(250.), Status::OnPace));
+    let pace = r.pace.unwrap();
+    assert_eq!((pace.days_elapsed, pace.days_total), (60, 366));
+    assert_close(Some(pace.projected), s(1525.), "projected");
+    assert_close(pace.needed_per_day, s(250. / 306.), "needed per day");
+
+    // End of March: revenue 115 is short by more than 10% (near would be 180 or more);
+    // conversion 50%; average (40 + 60 + 15) / 3 below 40 but within 10%; 3 sales of 5.
+    let mar = targets_as_of(&env, "2024-03-31");
+    assert_eq!(find(&mar, "revenue >= 200").status, Status::Missed);
+    assert_eq!(find(&mar, "signup_conversion").status, Status::Missed);
+    let r = find(&mar, "between");
+    assert_close(r.value, s(115. / 3.), "average");
+    assert_eq!(r.status, Status::Near);
+    assert_eq!(find(&mar, "sales >= {").status, Status::Missed);
+    // A week at most 300 (YAML): the week of 25 March has 15.
+    let r = find(&mar, "revenue <= 300 per week");
+    assert_eq!(
+        (r.period.to_string(), r.value, r.status),
+        ("2024-03-25".into(), s(15.), Status::Met)
+    );
+
+    // January: before `from`, no level; the YAML schedule file has 6 for the quarter, and
+    // January had no sales: off pace.
+    let jan = targets_as_of(&env, "2024-01-31");
+    assert_eq!(find(&jan, "revenue >= 200").status, Status::NoLevel);
+    let r = find(&jan, "sales_targets.csv");
+    assert_eq!((r.level, r.value, r.status), (s(6.), s(0.), Status::OffPace));
+
+    // Mid-March, a sum so far is judged by its pace: 40 + 60 in 15 days of 31 projects to
+    // 206.67; as of the 9th, 40 in 9 days projects to 137.78.
+    let mid = targets_as_of(&env, "2024-03-15");
+    let r = find(&mid, "revenue >= 200");
+    assert_eq!((r.value, r.status), (s(100.), Status::OnPace));
+    assert_close(r.pace.map(|p| p.projected), s(100. / 15. * 31.), "projected");
+    let r = find(&targets_as_of(&env, "2024-03-09"), "revenue >= 200");
+    assert_eq!((r.value, r.status), (s(40.), Status::OffPace));
+    // After the deadline: met or missed. 2024: 250 + 115 + 60 + 20 = 445.
+    let end = targets_as_of(&env, "2025-01-15");
+    let r = find(&end, "= 500 by");
+    assert_eq!((r.value, r.status), (s(445.), Status::Missed));
+}
