@@ -15,7 +15,8 @@ pub struct Definitions {
     pub dimensions: Vec<DimensionDef>,
     pub metrics: Vec<MetricDef>,
     pub targets: Vec<TargetDef>,
-    /// Alerts and reports: read, not yet evaluated.
+    pub alerts: Vec<AlertDef>,
+    /// Reports: read, not yet evaluated.
     pub deferred: Vec<DeferredDef>,
 }
 
@@ -25,6 +26,7 @@ impl Definitions {
         self.dimensions.extend(other.dimensions);
         self.metrics.extend(other.metrics);
         self.targets.extend(other.targets);
+        self.alerts.extend(other.alerts);
         self.deferred.extend(other.deferred);
     }
 }
@@ -72,7 +74,53 @@ pub struct Amount {
     pub percent: bool,
 }
 
-/// An alert or report: kept whole for the stages that evaluate them.
+/// `alert NAME { when CONDITION [for N UNIT] [per GRAIN] [by DIM] [severity S] [message "..."] }`
+#[derive(Debug, Clone)]
+pub struct AlertDef {
+    pub name: Name,
+    pub condition: Option<Spanned<ConditionDef>>,
+    /// `for 3 days`: the amount and the unit.
+    pub for_periods: Option<Spanned<(f64, String)>>,
+    pub per: Option<Name>,
+    pub by: Vec<Name>,
+    pub severity: Option<Name>,
+    pub message: Option<Spanned<String>>,
+    pub span: Span,
+}
+
+/// What fires an alert.
+#[derive(Debug, Clone)]
+pub enum ConditionDef {
+    /// `conversion < 20%`, or one level per severity: `cpa > 50 warning, > 80 critical`.
+    Threshold { metric: Name, levels: Vec<ThresholdDef> },
+    /// `revenue change vs last year < -10%`: a percent is relative, a number absolute.
+    Change {
+        metric: Name,
+        /// `previous` (default) or `year`.
+        against: Option<Name>,
+        op: BinOp,
+        amount: Spanned<Amount>,
+    },
+    /// `revenue off target`, `won_jobs off pace`.
+    OffTarget { metric: Name, pace: bool },
+    /// `source jobs older than 2 days`
+    Stale {
+        source: Name,
+        older: Spanned<(f64, String)>,
+    },
+    /// `source jobs empty`: no rows in the period.
+    Empty { source: Name },
+}
+
+/// `< 20%`, `> 80 critical`
+#[derive(Debug, Clone)]
+pub struct ThresholdDef {
+    pub op: BinOp,
+    pub amount: Spanned<Amount>,
+    pub severity: Option<Name>,
+}
+
+/// A report: kept whole for the stage that builds it.
 #[derive(Debug, Clone)]
 pub struct DeferredDef {
     /// `target`, `alert` or `report`.

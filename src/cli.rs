@@ -84,6 +84,21 @@ pub enum Command {
         #[arg(long = "dim")]
         dims: Vec<String>,
     },
+    /// Evaluate every alert at the period of a day; exit code 1 when one at or above
+    /// --fail-on fires. What changed since the last run is kept in `.tally/alert-state.json`.
+    Alerts {
+        /// The day (default: today in the project's time zone); no later row is read.
+        #[arg(long = "as-of")]
+        as_of: Option<String>,
+        /// The lowest severity that makes the exit code 1.
+        #[arg(long = "fail-on", value_enum, default_value = "warning")]
+        fail_on: FailOn,
+        #[arg(long, value_enum, default_value = "human")]
+        format: AlertFormat,
+        /// Neither read nor write the state file.
+        #[arg(long = "no-state")]
+        no_state: bool,
+    },
     /// Evaluate every target as of a day: the period's value and status, a deadline's pace.
     Targets {
         /// The day (default: today in the project's time zone); no later row is read.
@@ -133,6 +148,21 @@ pub struct QueryArgs {
     /// A filter in the expression language, e.g. 'channel = "phone"'.
     #[arg(long = "where")]
     filter: Option<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailOn {
+    Warning,
+    Critical,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlertFormat {
+    Human,
+    Json,
+    Junit,
+    Markdown,
+    Github,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,6 +246,18 @@ pub async fn run(cli: Cli) -> Outcome {
                 Err(o) => return o,
             };
             explain(loaded, &metric, by.as_deref(), &dims, color).await
+        }
+        Command::Alerts {
+            as_of,
+            fail_on,
+            format,
+            no_state,
+        } => {
+            let loaded = match load(&cli.global, color).await {
+                Ok(l) => l,
+                Err(o) => return o,
+            };
+            alerts(&loaded, as_of.as_deref(), fail_on, format, no_state, color).await
         }
         Command::Targets { as_of, format } => {
             let loaded = match load(&cli.global, color).await {
@@ -556,6 +598,176 @@ fn today(calendar: &tally::time::Calendar) -> chrono::NaiveDate {
     match calendar.time_zone {
         Some(tz) => chrono::Utc::now().with_timezone(&tz).date_naive(),
         None => chrono::Local::now().date_naive(),
+    }
+}
+
+async fn alerts(
+    l: &Loaded,
+    as_of: Option<&str>,
+    fail_on: FailOn,
+    format: AlertFormat,
+    no_state: bool,
+    color: bool,
+) -> Outcome {
+    use tally::alerts::Transition;
+    let settings = &l.project.settings;
+    let files = &l.project.files;
+    let as_of = match date_arg(as_of, false, "--as-of") {
+        Ok(d) => d.unwrap_or_else(|| today(&settings.calendar())),
+        Err(d) => return Outcome::diagnostics(files, &[d], color),
+    };
+    let results = match tally::alerts::evaluate(&l.ctx, &l.model, files, settings, as_of).await {
+        Ok(r) => r,
+        Err(d) => return Outcome::diagnostics(files, &[d], color),
+    };
+    let mut warnings = Vec::new();
+    let state_path = settings.root.join(".tally").join("alert-state.json");
+    let changes = if no_state {
+        tally::alerts::transition(&Default::default(), &results).1
+    } else {
+        let (previous, warning) = tally::alerts::load_state(&state_path);
+        warnings.extend(warning);
+        let (next, changes) = tally::alerts::transition(&previous, &results);
+        if let Err(d) = tally::alerts::save_state(&state_path, &next) {
+            return Outcome::diagnostics(files, &[d], color);
+        }
+        changes
+    };
+    let threshold = match fail_on {
+        FailOn::Warning => model::AlertSeverity::Warning,
+        FailOn::Critical => model::AlertSeverity::Critical,
+    };
+    let failing = results.iter().any(|r| r.firing.is_some_and(|s| s >= threshold));
+    let change_of = |key: &str| changes.iter().find(|c| c.0 == key).map(|c| (c.1, c.2));
+    let firing: Vec<_> = results.iter().filter(|r| r.firing.is_some()).collect();
+    let resolved: Vec<_> = changes.iter().filter(|c| c.1 == Transition::Resolved).collect();
+    let stdout = match format {
+        AlertFormat::Json => {
+            let rows: Vec<_> = results
+                .iter()
+                .map(|r| {
+                    let change = change_of(&r.key());
+                    serde_json::json!({
+                        "alert": r.name,
+                        "dimensions": r.dimensions.iter().map(|(d, v)| (d.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+                        "period": r.period.to_string(),
+                        "firing": r.firing.is_some(),
+                        "severity": r.firing.map(|s| s.name()),
+                        "value": r.value,
+                        "level": r.level,
+                        "earlier": r.earlier,
+                        "message": r.message,
+                        "state": change.map(|c| c.0.name()),
+                        "since": change.map(|c| c.1.to_string()),
+                    })
+                })
+                .collect();
+            let resolved: Vec<_> = resolved
+                .iter()
+                .map(|c| serde_json::json!({"alert": c.0, "since": c.2.to_string()}))
+                .collect();
+            let v = serde_json::json!({"as_of": as_of.to_string(), "alerts": rows, "resolved": resolved});
+            serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+        }
+        AlertFormat::Junit => {
+            let esc = |t: &str| {
+                t.replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+                    .replace('"', "&quot;")
+            };
+            let mut x = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"tally alerts\" tests=\"{}\" failures=\"{}\">\n",
+                results.len(),
+                firing.len()
+            );
+            for r in &results {
+                x.push_str(&format!("  <testcase classname=\"alerts\" name=\"{}\">", esc(&r.key())));
+                if let Some(s) = r.firing {
+                    x.push_str(&format!(
+                        "<failure type=\"{}\" message=\"{}\"/>",
+                        s.name(),
+                        esc(&r.message)
+                    ));
+                }
+                x.push_str("</testcase>\n");
+            }
+            x.push_str("</testsuite>\n");
+            x
+        }
+        AlertFormat::Markdown => {
+            let mut m = format!("### Alerts as of {as_of}\n\n");
+            if firing.is_empty() {
+                m.push_str("No alert fires.\n");
+            } else {
+                m.push_str("| alert | severity | state | since | message |\n|---|---|---|---|---|\n");
+                for r in &firing {
+                    let c = change_of(&r.key());
+                    m.push_str(&format!(
+                        "| {} | {} | {} | {} | {} |\n",
+                        r.key().replace('|', "\\|"),
+                        r.firing.map(|s| s.name()).unwrap_or(""),
+                        c.map(|c| c.0.name()).unwrap_or(""),
+                        c.map(|c| c.1.to_string()).unwrap_or_default(),
+                        r.message.replace('|', "\\|").replace('\n', " ")
+                    ));
+                }
+            }
+            for c in &resolved {
+                m.push_str(&format!(
+                    "\nResolved: {} (firing since {})\n",
+                    c.0.replace('|', "\\|"),
+                    c.2
+                ));
+            }
+            m
+        }
+        AlertFormat::Github => {
+            let mut g = String::new();
+            for r in &firing {
+                let level = if r.firing == Some(model::AlertSeverity::Critical) {
+                    "error"
+                } else {
+                    "warning"
+                };
+                let span = l.model.alerts[r.alert].span;
+                let source = files.get(span.file);
+                let (line, col) = source.line_col(span.start as usize);
+                let file = source.name.replace('%', "%25").replace(',', "%2C").replace(':', "%3A");
+                let data = r.message.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A");
+                g.push_str(&format!(
+                    "::{level} file={file},line={line},col={col},title=alert {}::{data}\n",
+                    r.name
+                ));
+            }
+            g
+        }
+        AlertFormat::Human => {
+            let mut h = format!("alerts as of {as_of}: {} of {} firing\n", firing.len(), results.len());
+            for r in &firing {
+                let c = change_of(&r.key());
+                let state = match c {
+                    Some((Transition::New, _)) => "new".to_string(),
+                    Some((t, since)) => format!("{} since {since}", t.name()),
+                    None => String::new(),
+                };
+                h.push_str(&format!(
+                    "  {:<8} {}  [{}]\n",
+                    r.firing.map(|s| s.name()).unwrap_or(""),
+                    r.message,
+                    state
+                ));
+            }
+            for c in &resolved {
+                h.push_str(&format!("  resolved {} (firing since {})\n", c.0, c.2));
+            }
+            h
+        }
+    };
+    Outcome {
+        stdout,
+        stderr: diagnostic::render_human(files, &warnings, color),
+        code: if failing { 1 } else { 0 },
     }
 }
 

@@ -20,6 +20,7 @@
 // size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod alerts;
 pub mod ast;
 pub mod data;
 pub mod diagnostic;

@@ -372,6 +372,35 @@ async fn data_range(
     Ok(range)
 }
 
+/// A source's rows in a range of days, and its last time value there (a UTC instant, or a
+/// date's midnight).
+pub async fn activity(
+    ctx: &SessionContext,
+    model: &Model,
+    settings: &Settings,
+    source: SourceId,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+) -> Result<(u64, Option<chrono::NaiveDateTime>), Diagnostic> {
+    let Some(p) = plan::activity_plan(model, &settings.calendar(), source, from, to)? else {
+        return Ok((0, None));
+    };
+    let mut rows = 0;
+    let mut last = None;
+    for b in collect(ctx, p, model, source, settings.memory_limit).await? {
+        if b.num_rows() == 0 {
+            continue;
+        }
+        let n = cast(b.column(0), &DataType::Int64).map_err(arrow_error)?;
+        rows += n.as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0) as u64;
+        let l = b.column(1).as_primitive::<TimestampMicrosecondType>();
+        if l.is_valid(0) {
+            last = chrono::DateTime::from_timestamp_micros(l.value(0)).map(|d| d.naive_utc());
+        }
+    }
+    Ok((rows, last))
+}
+
 /// Plans and executes a query in one step.
 pub async fn query(
     ctx: &SessionContext,

@@ -5,8 +5,8 @@
 //! byte offsets so that expressions inside YAML report `file:line:col` of the YAML file.
 
 use crate::ast::{
-    Amount, DeferredDef, Definitions, DimensionDef, Format, GoalDef, JoinDef, LevelDef, LevelKind, Meta, MetricDef,
-    SourceDef, TargetDef,
+    AlertDef, Amount, DeferredDef, Definitions, DimensionDef, Format, GoalDef, JoinDef, LevelDef, LevelKind, Meta,
+    MetricDef, SourceDef, TargetDef,
 };
 use crate::diagnostic::Diagnostic;
 use crate::span::{FileId, Span, Spanned};
@@ -38,14 +38,45 @@ pub struct YamlFile {
     #[serde(skip)]
     #[schemars(skip)]
     pub target_index: Vec<usize>,
-    /// Conditions over metric series (read, not yet evaluated).
+    /// Conditions over metric series.
     #[serde(default)]
-    #[schemars(with = "Option<IndexMap<String, serde_json::Value>>")]
-    pub alerts: Option<IndexMap<String, serde_yaml::Value>>,
+    pub alerts: IndexMap<String, YamlAlert>,
     /// Report pages (read, not yet evaluated).
     #[serde(default)]
     #[schemars(with = "Option<IndexMap<String, serde_json::Value>>")]
     pub reports: Option<IndexMap<String, serde_yaml::Value>>,
+}
+
+/// A condition over a metric's series (or a source's freshness).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct YamlAlert {
+    /// `conversion < 20%`, `cpa > 50 warning, > 80 critical`, `revenue change vs last year
+    /// < -10%`, `revenue off target`, `won_jobs off pace`, `source jobs older than 2 days`,
+    /// `source jobs empty`.
+    pub when: String,
+    /// `3 days`: fires only after the condition held this many periods in a row.
+    #[serde(rename = "for")]
+    pub for_periods: Option<String>,
+    /// The period the condition is evaluated per (default: the unit of `for`, else day).
+    pub per: Option<String>,
+    /// One alert per value of these dimensions.
+    #[serde(default)]
+    pub by: YamlNames,
+    /// `warning` (default) or `critical`.
+    pub severity: Option<String>,
+    /// A template: `{{ value }}`, `{{ period }}`, `{{ level }}`, `{{ earlier }}`, ...
+    pub message: Option<String>,
+}
+
+/// A name, or a list of names.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum YamlNames {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
 }
 
 /// A goal for a metric: one of `at_least`, `at_most`, `between`, `reach` (with `by`).
@@ -318,18 +349,19 @@ pub fn parse_file(file: FileId, text: &str) -> (Definitions, Vec<Diagnostic>) {
             Err(d) => diags.push(d),
         }
     }
-    for (kind, group, map) in [
-        ("alert", "alerts", &parsed.alerts),
-        ("report", "reports", &parsed.reports),
-    ] {
-        for name in map.iter().flat_map(|m| m.keys()) {
-            let span = ctx.key_span(&[group, name.as_str()]);
-            defs.deferred.push(DeferredDef {
-                kind,
-                name: Spanned::new(name.clone(), span),
-                span,
-            });
+    for (name, a) in &parsed.alerts {
+        match alert(&ctx, name, a) {
+            Ok(a) => defs.alerts.push(a),
+            Err(d) => diags.push(d),
         }
+    }
+    for name in parsed.reports.iter().flat_map(|m| m.keys()) {
+        let span = ctx.key_span(&["reports", name.as_str()]);
+        defs.deferred.push(DeferredDef {
+            kind: "report",
+            name: Spanned::new(name.clone(), span),
+            span,
+        });
     }
     (defs, diags)
 }
@@ -353,7 +385,7 @@ fn read(file: FileId, text: &str, loc: &Locator, diags: &mut Vec<Diagnostic>) ->
         metrics: IndexMap::new(),
         targets: Vec::new(),
         target_index: Vec::new(),
-        alerts: None,
+        alerts: IndexMap::new(),
         reports: None,
     };
     let at = |path: &[&str]| match loc.get(path) {
@@ -408,7 +440,7 @@ fn read(file: FileId, text: &str, loc: &Locator, diags: &mut Vec<Diagnostic>) ->
                     Diagnostic::error("E0204", "`targets` is a list of targets").at(at(&["targets"]), "not a list"),
                 ),
             },
-            "alerts" => out.alerts = Some(entries(file, loc, "alerts", v, diags)),
+            "alerts" => out.alerts = entries(file, loc, "alerts", v, diags),
             "reports" => out.reports = Some(entries(file, loc, "reports", v, diags)),
             other => diags.push(
                 Diagnostic::error("E0203", format!("unknown key `{other}`"))
@@ -492,6 +524,65 @@ fn entry_error(file: FileId, loc: &Locator, path: &[&str], e: &serde_yaml::Error
         return d;
     }
     Diagnostic::error("E0204", format!("invalid `{}`: {reason}", path.join("."))).at(entry, "does not fit")
+}
+
+/// An alert entry as the same AST the DSL gives; `when` is read with the DSL's grammar
+/// where it stands in the file.
+fn alert(ctx: &Ctx, name: &str, a: &YamlAlert) -> Result<AlertDef, Diagnostic> {
+    let base = ["alerts", name];
+    fn path<'a>(base: &[&'a str; 2], key: &'a str) -> [&'a str; 3] {
+        [base[0], base[1], key]
+    }
+    let path = |key: &'static str| path(&base, key);
+    let (condition, inline_for) = match ctx.loc.get(&path("when")) {
+        Some(e) => {
+            let (start, raw) = scalar_text(ctx.text, e.value_start, &a.when);
+            syntax::parse_condition(ctx.file, raw.unwrap_or(&a.when), start)?
+        }
+        None => syntax::parse_condition(ctx.file, &a.when, 0)?,
+    };
+    let for_periods = match &a.for_periods {
+        Some(text) => {
+            let span = ctx.value_span(&path("for"), text);
+            let mut words = text.split_whitespace();
+            let amount = words.next().and_then(|n| n.parse::<f64>().ok());
+            match (amount, words.next(), words.next()) {
+                (Some(n), Some(unit), None) => Some(Spanned::new((n, unit.to_string()), span)),
+                _ => {
+                    return Err(
+                        Diagnostic::error("E0206", format!("`{text}` is not a number of periods"))
+                            .at(span, "expected e.g. `3 days`"),
+                    );
+                }
+            }
+        }
+        None => inline_for,
+    };
+    let names = match &a.by {
+        YamlNames::None => Vec::new(),
+        YamlNames::One(n) => vec![n.clone()],
+        YamlNames::Many(v) => v.clone(),
+    };
+    let by_span = ctx.key_span(&path("by"));
+    Ok(AlertDef {
+        name: Spanned::new(name.to_string(), ctx.key_span(&base)),
+        condition: Some(condition),
+        for_periods,
+        per: a
+            .per
+            .as_ref()
+            .map(|p| Spanned::new(p.clone(), ctx.value_span(&path("per"), p))),
+        by: names.into_iter().map(|n| Spanned::new(n, by_span)).collect(),
+        severity: a
+            .severity
+            .as_ref()
+            .map(|v| Spanned::new(v.clone(), ctx.value_span(&path("severity"), v))),
+        message: a
+            .message
+            .as_ref()
+            .map(|m| Spanned::new(m.clone(), ctx.value_span(&path("message"), m))),
+        span: ctx.key_span(&base),
+    })
 }
 
 /// A target entry as the same AST the DSL gives.

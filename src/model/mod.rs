@@ -28,6 +28,21 @@ pub const AGGREGATES: &[&str] = &[
 ];
 /// Functions of metrics over time and breakdowns.
 pub const TIME_FUNCTIONS: &[&str] = &["rolling", "cumulative", "to_date", "share", "last", "first"];
+/// The variables of an alert's message template (and the names of its `by` dimensions).
+pub const ALERT_VARIABLES: &[&str] = &[
+    "alert",
+    "metric",
+    "source",
+    "severity",
+    "period",
+    "value",
+    "level",
+    "earlier",
+    "change",
+    "target",
+    "periods",
+    "dimensions",
+];
 /// Row-level functions of the expression language.
 pub const FUNCTIONS: &[&str] = &["days_between", "hours_between", "coalesce", "lower", "upper"];
 
@@ -78,6 +93,7 @@ pub async fn resolve(
     r.cycles(&metrics);
     r.time_checks(&metrics);
     let targets = r.targets(settings, &metrics);
+    let alerts = r.alerts(&metrics, &targets);
     for d in &defs.deferred {
         r.diags.push(
             Diagnostic::error(
@@ -103,6 +119,7 @@ pub async fn resolve(
         metrics: metrics.into_iter().flatten().collect(),
         measures: r.measures,
         targets,
+        alerts,
         deferred: defs.deferred.clone(),
         source_index: r.source_index,
         dimension_index: r.dim_index,
@@ -1544,6 +1561,371 @@ impl<'a> Resolver<'a> {
             });
         }
         out
+    }
+
+    /// Alerts: names resolve; levels fit the metric's unit and are ordered by severity;
+    /// off-target alerts have a target; the template uses only known variables.
+    fn alerts(&mut self, metrics: &[Option<Metric>], targets: &[Target]) -> Vec<Alert> {
+        let defs = self.defs;
+        let mut out = Vec::new();
+        let mut seen: HashMap<&str, Span> = HashMap::new();
+        for a in &defs.alerts {
+            if let Some(prev) = seen.insert(a.name.value.as_str(), a.name.span) {
+                let d = Diagnostic::error("E0502", format!("alert `{}` is defined twice", a.name.value))
+                    .at(a.name.span, "defined again here")
+                    .also(prev, "first defined here");
+                self.error(d);
+                continue;
+            }
+            if let Ok(alert) = self.alert(a, metrics, targets) {
+                out.push(alert);
+            }
+        }
+        out
+    }
+
+    fn alert(&mut self, a: &ast::AlertDef, metrics: &[Option<Metric>], targets: &[Target]) -> R<Alert> {
+        let Some(cond) = &a.condition else {
+            let d = Diagnostic::error("E0570", format!("alert `{}` has no condition", a.name.value))
+                .at(a.span, "no `when`")
+                .note("e.g. `when conversion < 20% for 3 days`");
+            self.error(d);
+            return Err(());
+        };
+        let metric = |r: &mut Self, n: &ast::Name| -> R<MetricId> {
+            match r.metric_index.get(&n.value) {
+                Some(&id) if metrics.get(id).is_some_and(|m| m.is_some()) => Ok(id),
+                Some(_) => Err(()), // its own errors are reported
+                None => {
+                    let d = Diagnostic::error("E0521", format!("unknown metric `{}`", n.value))
+                        .at(n.span, "no metric of this name")
+                        .suggest(&n.value, r.metric_index.keys().map(|s| s.as_str()));
+                    r.error(d);
+                    Err(())
+                }
+            }
+        };
+        let source = |r: &mut Self, n: &ast::Name| -> R<SourceId> {
+            match r.source_index.get(&n.value) {
+                Some(&id) if r.defs.sources[id].time.is_some() => Ok(id),
+                Some(&id) => {
+                    let d = Diagnostic::error(
+                        "E0540",
+                        format!("a freshness alert needs a time column: source `{}` has none", n.value),
+                    )
+                    .at(n.span, "a source without `time`")
+                    .also(r.defs.sources[id].name.span, "declare `time: COLUMN` here");
+                    r.error(d);
+                    Err(())
+                }
+                None => {
+                    let d = Diagnostic::error("E0503", format!("unknown source `{}`", n.value))
+                        .at(n.span, "no source of this name")
+                        .suggest(&n.value, r.source_names.iter().map(|s| s.as_str()));
+                    r.error(d);
+                    Err(())
+                }
+            }
+        };
+        let severity = match &a.severity {
+            None => AlertSeverity::Warning,
+            Some(s) => match AlertSeverity::parse(&s.value) {
+                Some(s) => s,
+                None => {
+                    let d = Diagnostic::error("E0571", format!("unknown severity `{}`", s.value))
+                        .at(s.span, "expected warning or critical")
+                        .suggest(&s.value, ["warning", "critical"]);
+                    self.error(d);
+                    return Err(());
+                }
+            },
+        };
+        // The grain: `per`, else the unit of `for`, else a day (a target's own grain).
+        let per = match &a.per {
+            Some(p) => match Grain::parse(&p.value) {
+                Some(g) => Some(g),
+                None => {
+                    let d = Diagnostic::error("E0545", format!("`{}` is not a period", p.value))
+                        .at(p.span, "expected day, week, month, quarter or year")
+                        .suggest(&p.value, Grain::ALL.iter().map(|g| g.name()));
+                    self.error(d);
+                    return Err(());
+                }
+            },
+            None => None,
+        };
+        let condition = match &cond.value {
+            ast::ConditionDef::Threshold { metric: m, levels } => {
+                let id = metric(self, m)?;
+                let format = &metrics[id].as_ref().expect("resolved").format;
+                let mut out = Vec::new();
+                for l in levels {
+                    self.unit_fits(&m.value, format, &l.amount)?;
+                    let sev = match &l.severity {
+                        Some(s) => AlertSeverity::parse(&s.value).unwrap_or(severity),
+                        None => severity,
+                    };
+                    out.push((l.op, l.amount.value.value, sev, l.amount.span));
+                }
+                // Below-alerts (<) and above-alerts (>) with levels: the warning comes first.
+                let below = |op: BinOp| matches!(op, BinOp::Lt | BinOp::Le);
+                if out.iter().any(|x| below(x.0) != below(out[0].0)) {
+                    let d = Diagnostic::error("E0572", "the levels of an alert point in different directions")
+                        .at(cond.span, "mixed `<` and `>`");
+                    self.error(d);
+                    return Err(());
+                }
+                let warning = out.iter().find(|x| x.2 == AlertSeverity::Warning);
+                let critical = out.iter().find(|x| x.2 == AlertSeverity::Critical);
+                if let (Some(w), Some(c)) = (warning, critical) {
+                    let beyond = if below(w.0) { w.1 < c.1 } else { w.1 > c.1 };
+                    if beyond {
+                        let (kind, word) = if below(w.0) {
+                            ("at least", "below")
+                        } else {
+                            ("at most", "above")
+                        };
+                        let d = Diagnostic::error(
+                            "E0573",
+                            format!("the warning level is {word} the critical level of this \"{kind}\" alert"),
+                        )
+                        .at(w.3, "the warning level")
+                        .also(c.3, "the critical level")
+                        .note(format!(
+                            "a warning comes before the critical level: as `{}` {}, the warning fires first",
+                            m.value,
+                            if below(w.0) { "falls" } else { "rises" }
+                        ));
+                        self.error(d);
+                        return Err(());
+                    }
+                }
+                out.sort_by_key(|l| std::cmp::Reverse(l.2));
+                let levels = out.into_iter().map(|(op, v, s, _)| (op, v, s)).collect();
+                Condition::Threshold { metric: id, levels }
+            }
+            ast::ConditionDef::Change {
+                metric: m,
+                against,
+                op,
+                amount,
+            } => {
+                let id = metric(self, m)?;
+                let year = against.as_ref().is_some_and(|a| a.value == "year");
+                Condition::Change {
+                    metric: id,
+                    year,
+                    op: *op,
+                    value: amount.value.value,
+                    relative: amount.value.percent,
+                }
+            }
+            ast::ConditionDef::OffTarget { metric: m, pace } => {
+                let id = metric(self, m)?;
+                let found: Vec<usize> = (0..targets.len())
+                    .filter(|&i| {
+                        let t = &targets[i];
+                        t.metric == id && t.deadline.is_some() == *pace && (*pace || per.is_none_or(|g| g == t.grain))
+                    })
+                    .collect();
+                if found.len() > 1 {
+                    let d = Diagnostic::error(
+                        "E0574",
+                        format!("`{}` has {} such targets: which one?", m.value, found.len()),
+                    )
+                    .at(cond.span, "off which target?")
+                    .note(format!(
+                        "its targets: {}; choose one with `per`",
+                        found
+                            .iter()
+                            .map(|&i| format!("`{}`", targets[i].text))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    self.error(d);
+                    return Err(());
+                }
+                let Some(&target) = found.first() else {
+                    let kind = if *pace {
+                        "a deadline target (`= ... by DATE`)"
+                    } else {
+                        "a target per period"
+                    };
+                    let d = Diagnostic::error("E0574", format!("`{}` has no {kind}", m.value))
+                        .at(cond.span, "off what?")
+                        .note(format!("declare one, e.g. `target {} >= 100 per month`", m.value));
+                    self.error(d);
+                    return Err(());
+                };
+                Condition::OffTarget {
+                    metric: id,
+                    target,
+                    pace: *pace,
+                }
+            }
+            ast::ConditionDef::Stale { source: s, older } => {
+                let id = source(self, s)?;
+                let (amount, unit) = &older.value;
+                let seconds = match unit.strip_suffix('s').unwrap_or(unit) {
+                    "hour" => 3600,
+                    "day" => 86_400,
+                    "week" => 7 * 86_400,
+                    _ => {
+                        let d = Diagnostic::error("E0547", format!("unknown unit of time `{unit}`"))
+                            .at(older.span, "expected hours, days or weeks")
+                            .suggest(unit, ["hours", "days", "weeks"]);
+                        self.error(d);
+                        return Err(());
+                    }
+                };
+                let amount = self.whole(*amount, older.span, "an age", true)?;
+                Condition::Stale {
+                    source: id,
+                    seconds: amount as i64 * seconds,
+                }
+            }
+            ast::ConditionDef::Empty { source: s } => Condition::Empty {
+                source: source(self, s)?,
+            },
+        };
+        let (for_unit, periods) = match &a.for_periods {
+            None => (None, 1),
+            Some(f) => {
+                let (amount, unit) = &f.value;
+                let word = unit.strip_suffix('s').unwrap_or(unit);
+                let unit = if word == "period" {
+                    None
+                } else if let Some(g) = Grain::parse(word) {
+                    Some(g)
+                } else {
+                    let d = Diagnostic::error("E0547", format!("unknown unit of time `{unit}`"))
+                        .at(f.span, "expected days, weeks, months, quarters, years or periods")
+                        .suggest(unit, ["days", "weeks", "months", "quarters", "years", "periods"]);
+                    self.error(d);
+                    return Err(());
+                };
+                (unit, self.whole(*amount, f.span, "`for`", true)? as u32)
+            }
+        };
+        let target_grain = match &condition {
+            Condition::OffTarget { target, .. } => Some(targets[*target].grain),
+            _ => None,
+        };
+        let grain = per.or(for_unit).or(target_grain).unwrap_or(Grain::Day);
+        if let (Some(u), Some(f)) = (for_unit, &a.for_periods)
+            && u != grain
+        {
+            let d = Diagnostic::error(
+                "E0575",
+                format!("`for` counts {}s, but the alert is per {}", u.name(), grain.name()),
+            )
+            .at(f.span, format!("write `for N {}s`", grain.name()));
+            self.error(d);
+            return Err(());
+        }
+        // Dimensions: known, and reachable from the metric's sources.
+        let mut dimensions = Vec::new();
+        for n in &a.by {
+            let Some(&d) = self.dim_index.get(&n.value) else {
+                let diag = Diagnostic::error("E0576", format!("unknown dimension `{}`", n.value))
+                    .at(n.span, "no dimension of this name")
+                    .suggest(&n.value, self.dim_index.keys().map(|s| s.as_str()));
+                self.error(diag);
+                return Err(());
+            };
+            dimensions.push(d);
+        }
+        if !dimensions.is_empty()
+            && matches!(
+                condition,
+                Condition::OffTarget { .. } | Condition::Stale { .. } | Condition::Empty { .. }
+            )
+        {
+            let d = Diagnostic::error("E0577", "this alert is for the whole, not per dimension value")
+                .at(a.by[0].span, "`by` does not apply here")
+                .note("targets, freshness and emptiness are about all rows together");
+            self.error(d);
+            return Err(());
+        }
+        let message = match &a.message {
+            Some(m) => Some(self.template(m, &a.by)?),
+            None => None,
+        };
+        Ok(Alert {
+            name: a.name.value.clone(),
+            span: a.name.span,
+            condition,
+            grain,
+            periods,
+            severity,
+            message,
+            dimensions,
+        })
+    }
+
+    /// A percent level for a percent metric only; a percent metric's level as a percent.
+    fn unit_fits(&mut self, metric: &str, format: &Format, a: &crate::span::Spanned<ast::Amount>) -> R<()> {
+        let percent_metric = *format == Format::Percent;
+        if a.value.percent && !percent_metric {
+            let d = Diagnostic::error(
+                "E0560",
+                format!("a percent level for `{metric}`, which is not a percent"),
+            )
+            .at(a.span, "a percent")
+            .note(format!(
+                "`{metric}` is formatted as {format}; write the level in its unit"
+            ));
+            self.error(d);
+            return Err(());
+        }
+        if percent_metric && !a.value.percent && a.value.value.abs() > 1.0 {
+            let d = Diagnostic::error("E0560", format!("`{metric}` is a percent: write its level as one"))
+                .at(a.span, format!("did you mean {}%?", a.value.value));
+            self.error(d);
+            return Err(());
+        }
+        Ok(())
+    }
+
+    /// A message template, with only the variables an alert gives.
+    fn template(&mut self, m: &crate::span::Spanned<String>, dims: &[ast::Name]) -> R<String> {
+        let mut env = minijinja::Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        let template = match env.template_from_str(&m.value) {
+            Ok(t) => t,
+            Err(e) => {
+                let d = Diagnostic::error(
+                    "E0578",
+                    format!(
+                        "the message is not a valid template: {}",
+                        e.detail().unwrap_or("syntax error")
+                    ),
+                )
+                .at(m.span, "in this message");
+                self.error(d);
+                return Err(());
+            }
+        };
+        let known: Vec<&str> = ALERT_VARIABLES
+            .iter()
+            .copied()
+            .chain(dims.iter().map(|d| d.value.as_str()))
+            .collect();
+        let mut unknown: Vec<String> = template
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|v| !known.contains(&v.as_str()))
+            .collect();
+        unknown.sort();
+        if let Some(v) = unknown.first() {
+            let d = Diagnostic::error("E0579", format!("the message uses an unknown variable `{v}`"))
+                .at(m.span, "in this message")
+                .suggest(v, known.iter().copied())
+                .note(format!("variables: {}", known.join(", ")));
+            self.error(d);
+            return Err(());
+        }
+        Ok(m.value.clone())
     }
 
     /// A level as values: percents only for percent metrics, schedule periods aligned with

@@ -80,6 +80,7 @@ pub struct Model {
     pub metrics: Vec<Metric>,
     pub measures: Vec<Measure>,
     pub targets: Vec<Target>,
+    pub alerts: Vec<Alert>,
     pub deferred: Vec<DeferredDef>,
     pub(crate) source_index: HashMap<String, SourceId>,
     pub(crate) dimension_index: HashMap<String, DimensionId>,
@@ -157,6 +158,76 @@ impl Model {
         }
         None
     }
+}
+
+/// A condition over a metric's series (or a source's freshness) that fires an alert.
+#[derive(Debug, Clone)]
+pub struct Alert {
+    pub name: String,
+    pub span: Span,
+    pub condition: Condition,
+    /// The period the condition is evaluated per.
+    pub grain: Grain,
+    /// Fires only after the condition held this many periods in a row.
+    pub periods: u32,
+    /// The severity of a condition without levels.
+    pub severity: AlertSeverity,
+    /// A minijinja template.
+    pub message: Option<String>,
+    /// One alert per value of these.
+    pub dimensions: Vec<DimensionId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AlertSeverity {
+    Warning,
+    Critical,
+}
+
+impl AlertSeverity {
+    pub fn name(self) -> &'static str {
+        match self {
+            AlertSeverity::Warning => "warning",
+            AlertSeverity::Critical => "critical",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AlertSeverity> {
+        match text {
+            "warning" => Some(AlertSeverity::Warning),
+            "critical" => Some(AlertSeverity::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// What fires an alert.
+#[derive(Debug, Clone)]
+pub enum Condition {
+    /// The metric compared with levels, the most severe first.
+    Threshold {
+        metric: MetricId,
+        levels: Vec<(BinOp, f64, AlertSeverity)>,
+    },
+    /// The change against the period before (or the same period a year before): relative
+    /// (a share) or absolute.
+    Change {
+        metric: MetricId,
+        year: bool,
+        op: BinOp,
+        value: f64,
+        relative: bool,
+    },
+    /// The metric misses its target (`pace`: its deadline target is off pace).
+    OffTarget {
+        metric: MetricId,
+        target: usize,
+        pace: bool,
+    },
+    /// The source's latest time value is older than this many seconds.
+    Stale { source: SourceId, seconds: i64 },
+    /// The source has no rows in the period.
+    Empty { source: SourceId },
 }
 
 /// A goal for a metric, per period or by a deadline.

@@ -154,6 +154,56 @@ pub fn range_plan(model: &Model, source: SourceId) -> Result<Option<LogicalPlan>
     Ok(Some(plan))
 }
 
+/// The rows of a source in a range of days and its last time value, as a UTC timestamp
+/// (see [`range_plan`]); the range's bounds cut at local midnight.
+pub fn activity_plan(
+    model: &Model,
+    calendar: &Calendar,
+    source: SourceId,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+) -> Result<Option<LogicalPlan>> {
+    let Some(t) = &model.sources[source].time else {
+        return Ok(None);
+    };
+    let tv = time_value(model, source, &t.name);
+    let mut conditions = vec![tv.expr.clone().is_not_null()];
+    if let Some(f) = from {
+        conditions.push(tv.expr.clone().gt_eq(day_starts(&tv, f, calendar)));
+    }
+    if let Some(to) = to {
+        conditions.push(tv.expr.clone().lt(day_starts(&tv, to + chrono::Days::new(1), calendar)));
+    }
+    let utc = match &tv.data_type {
+        DataType::Timestamp(unit, Some(_)) => cast(
+            cast(
+                Expr::Column(Column::from_name("last")),
+                DataType::Timestamp(*unit, Some("UTC".into())),
+            ),
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+        ),
+        _ => cast(
+            Expr::Column(Column::from_name("last")),
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+        ),
+    };
+    let plan = scan(model, source)?
+        .filter(conditions.into_iter().reduce(Expr::and).expect("a condition"))
+        .and_then(|b| {
+            b.aggregate(
+                Vec::<Expr>::new(),
+                vec![
+                    agg::count(lit(1i64)).alias("rows"),
+                    agg::max(tv.expr.clone()).alias("last"),
+                ],
+            )
+        })
+        .and_then(|b| b.project(vec![Expr::Column(Column::from_name("rows")), utc.alias("last")]))
+        .and_then(|b| b.build())
+        .map_err(internal)?;
+    Ok(Some(plan))
+}
+
 /// Plans a query that needs no data range (see [`range_sources`]).
 pub fn build(model: &Model, files: &Files, calendar: &Calendar, query: Query) -> Result<QueryPlan> {
     build_with_range(model, files, calendar, query, None)

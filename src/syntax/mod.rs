@@ -5,8 +5,8 @@
 //! each definition is parsed alone, so one run reports every broken definition of a file.
 
 use crate::ast::{
-    Amount, BinOp, ConversionExpr, DeferredDef, Definitions, DimensionDef, Direction, Expr, ExprKind, Format, GoalDef,
-    JoinDef, LevelDef, LevelKind, Meta, MetricDef, Name, SourceDef, TargetDef,
+    AlertDef, Amount, BinOp, ConditionDef, ConversionExpr, DeferredDef, Definitions, DimensionDef, Direction, Expr,
+    ExprKind, Format, GoalDef, JoinDef, LevelDef, LevelKind, Meta, MetricDef, Name, SourceDef, TargetDef, ThresholdDef,
 };
 use crate::diagnostic::Diagnostic;
 use crate::span::{FileId, Span, Spanned};
@@ -76,6 +76,7 @@ pub fn parse_file(file: FileId, text: &str) -> (Definitions, Vec<Diagnostic>) {
         && defs.dimensions.is_empty()
         && defs.metrics.is_empty()
         && defs.targets.is_empty()
+        && defs.alerts.is_empty()
         && defs.deferred.is_empty();
     if empty && diags.is_empty() {
         diags.push(
@@ -85,6 +86,27 @@ pub fn parse_file(file: FileId, text: &str) -> (Definitions, Vec<Diagnostic>) {
         );
     }
     (defs, diags)
+}
+
+/// `for 3 days`, as written.
+pub type ForPeriods = Spanned<(f64, String)>;
+
+/// Parses an alert condition (YAML's `when:`) that starts at byte `offset` of a file, with
+/// its `for N UNIT` if it has one.
+pub fn parse_condition(file: FileId, text: &str, offset: usize) -> Result<(Spanned<ConditionDef>, Option<ForPeriods>)> {
+    let ctx = Ctx { file, offset };
+    match TallyParser::parse(Rule::condition_only, text) {
+        Ok(mut pairs) => {
+            let mut i = pairs.next().expect("condition_only").into_inner();
+            let condition = ctx.condition(i.next().expect("condition"))?;
+            let for_periods = match i.next() {
+                Some(p) if p.as_rule() == Rule::for_part => Some(ctx.for_part(p)?),
+                _ => None,
+            };
+            Ok((condition, for_periods))
+        }
+        Err(e) => Err(ctx.syntax_error(e, text, text)),
+    }
 }
 
 /// Parses an expression that starts at byte `offset` of a file (YAML values, `--where`).
@@ -189,13 +211,18 @@ impl Ctx {
         Spanned::new(p.as_str().to_string(), self.span(p.as_span()))
     }
 
+    /// A pest error as a diagnostic. `whole` is the file's text, or (for an expression or
+    /// condition read out of YAML) the fragment itself, which starts at `self.offset`.
     fn syntax_error(&self, e: pest::error::Error<Rule>, chunk: &str, whole: &str) -> Diagnostic {
         use pest::error::{ErrorVariant, InputLocation};
         let pos = match e.location {
             InputLocation::Pos(p) => p,
             InputLocation::Span((s, _)) => s,
         };
+        let fragment = std::ptr::eq(chunk, whole);
         let abs = self.offset + pos;
+        // Where `pos` is in `whole`.
+        let at = if fragment { pos } else { abs };
         // An opening quote with no closing quote on its line.
         if let Some(open) = unterminated_string(chunk, pos) {
             let line_end = chunk[open..].find('\n').map(|i| open + i).unwrap_or(chunk.len());
@@ -208,9 +235,9 @@ impl Ctx {
         }
         // A word at the start of a line where a definition keyword should be.
         let at_end = pos >= chunk.trim_end().len();
-        let at_line_start = whole[..abs].rsplit('\n').next().is_some_and(|l| l.trim().is_empty());
-        let word = word_at(whole, abs);
-        if !at_end && at_line_start && word.chars().next().is_some_and(|c| c.is_alphabetic()) {
+        let at_line_start = whole[..at].rsplit('\n').next().is_some_and(|l| l.trim().is_empty());
+        let word = word_at(whole, at);
+        if !fragment && !at_end && at_line_start && word.chars().next().is_some_and(|c| c.is_alphabetic()) {
             let in_block = chunk[..pos].matches('{').count() > chunk[..pos].matches('}').count();
             if !in_block {
                 return unknown_keyword(self.file, whole, abs);
@@ -232,7 +259,7 @@ impl Ctx {
         let found = if at_end {
             "the end of the definition".to_string()
         } else {
-            found_token(whole, abs)
+            found_token(whole, at)
         };
         let message = if expected.is_empty() {
             format!("unexpected {found}")
@@ -253,7 +280,7 @@ impl Ctx {
             }
             return d;
         }
-        let end = abs + whole[abs..].chars().next().map(|c| c.len_utf8()).unwrap_or(0);
+        let end = abs + whole[at..].chars().next().map(|c| c.len_utf8()).unwrap_or(0);
         Diagnostic::error("E0101", "syntax error").at(Span::new(self.file, abs, end), message)
     }
 
@@ -269,13 +296,12 @@ impl Ctx {
                 defs.metrics.push(MetricDef { name, expr, meta, span });
             }
             Rule::target_def => defs.targets.push(self.target(pair)?),
+            Rule::alert_def => defs.alerts.push(self.alert(pair)?),
             Rule::deferred_def => {
                 let span = self.span(pair.as_span());
                 let mut inner = pair.into_inner();
-                let kind = match inner.next().map(|p| p.as_rule()) {
-                    Some(Rule::kw_alert) => "alert",
-                    _ => "report",
-                };
+                inner.next(); // kw_report
+                let kind = "report";
                 let name = self.name(inner.next().expect("name"));
                 defs.deferred.push(DeferredDef { kind, name, span });
             }
@@ -338,6 +364,144 @@ impl Ctx {
             }
         }
         Ok(t)
+    }
+
+    fn alert(&self, pair: Pair<Rule>) -> Result<AlertDef> {
+        let text = pair.as_str();
+        let whole = self.span(pair.as_span());
+        let start = whole.start as usize;
+        let span = Span::new(whole.file, start, start + text.trim_end().len());
+        let mut inner = pair.into_inner();
+        inner.next(); // kw_alert
+        let name = self.name(inner.next().expect("alert name"));
+        let mut a = AlertDef {
+            name,
+            condition: None,
+            for_periods: None,
+            per: None,
+            by: Vec::new(),
+            severity: None,
+            message: None,
+            span,
+        };
+        for clause in inner {
+            let c = clause.into_inner().next().expect("clause");
+            match c.as_rule() {
+                Rule::when_clause => {
+                    let mut i = c.into_inner();
+                    i.next(); // kw_when
+                    a.condition = Some(self.condition(i.next().expect("condition"))?);
+                    if let Some(f) = i.next() {
+                        a.for_periods = Some(self.for_part(f)?);
+                    }
+                }
+                Rule::severity_clause => a.severity = Some(self.name(c.into_inner().nth(1).expect("severity"))),
+                Rule::message_clause => {
+                    let m = c.into_inner().nth(1).expect("message");
+                    let mspan = self.span(m.as_span());
+                    a.message = Some(Spanned::new(unescape(m), mspan));
+                }
+                Rule::per_clause => a.per = Some(self.name(c.into_inner().nth(1).expect("grain"))),
+                _ => a.by = c.into_inner().skip(1).map(|p| self.name(p)).collect(),
+            }
+        }
+        Ok(a)
+    }
+
+    /// `for 3 days`
+    fn for_part(&self, p: Pair<Rule>) -> Result<Spanned<(f64, String)>> {
+        let d = p.into_inner().nth(1).expect("duration");
+        let span = self.span(d.as_span());
+        let (amount, unit) = self.duration(d)?;
+        Ok(Spanned::new((amount, unit.value), span))
+    }
+
+    fn condition(&self, pair: Pair<Rule>) -> Result<Spanned<ConditionDef>> {
+        let span = self.span(pair.as_span());
+        let c = pair.into_inner().next().expect("condition");
+        let cond = match c.as_rule() {
+            Rule::source_condition => {
+                let mut i = c.into_inner();
+                i.next(); // kw_source
+                let source = self.name(i.next().expect("source"));
+                let what = i.next().expect("stale or empty");
+                if what.as_rule() == Rule::stale {
+                    let d = what.into_inner().nth(2).expect("duration");
+                    let dspan = self.span(d.as_span());
+                    let (amount, unit) = self.duration(d)?;
+                    ConditionDef::Stale {
+                        source,
+                        older: Spanned::new((amount, unit.value), dspan),
+                    }
+                } else {
+                    ConditionDef::Empty { source }
+                }
+            }
+            _ => {
+                let mut i = c.into_inner();
+                let metric = self.name(i.next().expect("metric"));
+                let rest = i.next().expect("condition");
+                match rest.as_rule() {
+                    Rule::off_target => {
+                        let pace = rest.into_inner().nth(1).is_some_and(|p| p.as_rule() == Rule::kw_pace);
+                        ConditionDef::OffTarget { metric, pace }
+                    }
+                    Rule::change => {
+                        let mut against = None;
+                        let mut op = BinOp::Lt;
+                        let mut amount = None;
+                        for p in rest.into_inner() {
+                            match p.as_rule() {
+                                Rule::change_base => {
+                                    let words = p.as_str().split_whitespace().collect::<Vec<_>>().join(" ");
+                                    let base = if words == "previous" { "previous" } else { "year" };
+                                    against = Some(Spanned::new(base.to_string(), self.span(p.as_span())));
+                                }
+                                Rule::compare_op => op = compare_op(p.as_str()),
+                                Rule::percent_signed | Rule::signed_number => amount = Some(self.signed_amount(p)?),
+                                _ => {}
+                            }
+                        }
+                        ConditionDef::Change {
+                            metric,
+                            against,
+                            op,
+                            amount: amount.expect("amount"),
+                        }
+                    }
+                    _ => {
+                        let mut levels = Vec::new();
+                        for t in rest.into_inner() {
+                            let mut i = t.into_inner();
+                            let op = compare_op(i.next().expect("op").as_str());
+                            let amount = self.signed_amount(i.next().expect("level"))?;
+                            let severity = i.next().map(|p| self.name(p));
+                            levels.push(ThresholdDef { op, amount, severity });
+                        }
+                        ConditionDef::Threshold { metric, levels }
+                    }
+                }
+            }
+        };
+        Ok(Spanned::new(cond, span))
+    }
+
+    /// `-20%` or `-20`, with its place.
+    fn signed_amount(&self, p: Pair<Rule>) -> Result<Spanned<Amount>> {
+        let span = self.span(p.as_span());
+        let text = p.as_str();
+        let (number, percent) = match text.strip_suffix('%') {
+            Some(n) => (n, true),
+            None => (text, false),
+        };
+        let value = parse_number(number, span)?;
+        Ok(Spanned::new(
+            Amount {
+                value: if percent { value / 100.0 } else { value },
+                percent,
+            },
+            span,
+        ))
     }
 
     /// `120000`, `25%`, `{ 2026-01: 100000 }` or `schedule("file.csv")`.
@@ -785,6 +949,15 @@ pub(crate) fn bad_format(span: Span, f: &str) -> Diagnostic {
         .suggest(f, ["number", "percent", "duration", "currency"])
 }
 
+fn compare_op(text: &str) -> BinOp {
+    match text {
+        "<" => BinOp::Lt,
+        "<=" => BinOp::Le,
+        ">" => BinOp::Gt,
+        _ => BinOp::Ge,
+    }
+}
+
 fn bad_date(span: Span, text: &str) -> Diagnostic {
     Diagnostic::error("E0109", format!("`{text}` is not a valid date")).at(span, "expected YYYY-MM-DD or YYYY-MM")
 }
@@ -898,9 +1071,21 @@ fn rule_words(rule: Rule) -> Option<&'static str> {
         | Rule::op_div => "an operator",
         Rule::is_null | Rule::is_not_null | Rule::in_list | Rule::between => "an operator",
         Rule::op_not | Rule::op_neg => "an expression",
-        Rule::source_def | Rule::dimension_def | Rule::metric_def | Rule::target_def | Rule::deferred_def => {
-            "a definition"
-        }
+        Rule::source_def
+        | Rule::dimension_def
+        | Rule::metric_def
+        | Rule::target_def
+        | Rule::alert_def
+        | Rule::deferred_def => "a definition",
+        Rule::alert_clause | Rule::when_clause => "`when`, `severity`, `message`, `per` or `by`",
+        Rule::condition | Rule::metric_condition | Rule::source_condition => "a condition",
+        Rule::thresholds | Rule::threshold | Rule::compare_op => "`<`, `<=`, `>` or `>=`",
+        Rule::change => "`change`",
+        Rule::off_target => "`off target` or `off pace`",
+        Rule::severity_word => "`warning` or `critical`",
+        Rule::for_part => "`for`",
+        Rule::kw_older | Rule::stale => "`older than`",
+        Rule::kw_empty => "`empty`",
         Rule::target_goal | Rule::target_op | Rule::target_between => "`>=`, `<=`, `=` or `between`",
         Rule::level | Rule::level_schedule | Rule::level_file => "a level (a number, `25%`, `{ 2026-01: 100 }`)",
         Rule::target_clause | Rule::per_clause | Rule::from_clause | Rule::deadline_clause | Rule::tolerance_clause => {

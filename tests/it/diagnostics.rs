@@ -337,3 +337,75 @@ case!(
         ),
     ]
 );
+case!(
+    alerts_on_bad_input,
+    &[
+        (
+            "m.tally",
+            dsl(concat!(
+                "metric paid = sum(orders.amount) { format: currency(USD) }\n",
+                "metric cost_per_order = paid / count(orders) { format: currency(USD) }\n",
+                "dimension status = orders.status\n",
+                "alert a { when pad < 10 }\n",
+                "alert b { when paid < 10% }\n",
+                "alert c { when cost_per_order > 80 warning, > 50 critical }\n",
+                "alert d { when paid < 10 message \"{{ value }} in {{ perod }}\" }\n",
+                "alert e { when paid off target }\n",
+                "alert f { when paid < 10 by stats }\n",
+                "alert g { when paid < 10 for 3 weeks per month }\n",
+                "alert h { when source ordrs empty }\n",
+                "alert i { when paid < 10 severity critcal }\n",
+                "alert j { severity critical }\n",
+            ))
+            .as_bytes()
+        ),
+        (
+            "a.yaml",
+            b"alerts:\n  k:\n    when: paid > 5\n    severity: urgent\n  l:\n    when: paid >> 5\n  m:\n    when: paid > 5\n    for: lots\n"
+        ),
+        ("b.yaml", b"metrics:\n  broken:\n    expr: count(orders where)\n"),
+    ]
+);
+
+/// `tally alerts`: exit code 1 when an alert at or above --fail-on fires; the state file
+/// says what is new; every output format.
+#[test]
+fn alerts_command_exit_codes_and_formats() {
+    let metrics = dsl(concat!(
+        "metric paid = sum(orders.amount)\n",
+        "alert low_paid { when paid < 100 per month severity warning message \"paid {{ value }} in {{ period }}\" }\n",
+        "alert tiny_paid { when paid < 1 per month severity critical }\n",
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    write_files(
+        dir.path(),
+        &[("orders.csv", ORDERS.as_bytes()), ("m.tally", metrics.as_bytes())],
+    );
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(args)
+            .arg("--color=never")
+            .arg("--project")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap_or(-1), text)
+    };
+    let mut out = String::new();
+    for args in [
+        &["alerts", "--as-of", "2026-01-31"][..],
+        &["alerts", "--as-of", "2026-01-31"],
+        &["alerts", "--as-of", "2026-01-31", "--fail-on", "critical"],
+        &["alerts", "--as-of", "2026-01-31", "--no-state", "--format", "json"],
+        &["alerts", "--as-of", "2026-01-31", "--no-state", "--format", "junit"],
+        &["alerts", "--as-of", "2026-01-31", "--no-state", "--format", "markdown"],
+        &["alerts", "--as-of", "2026-01-31", "--no-state", "--format", "github"],
+        &["alerts", "--as-of", "2025-12-31"],
+    ] {
+        let (code, text) = run(args);
+        assert!(!text.contains("panicked"), "{text}");
+        out.push_str(&format!("$ tally {}\nexit code: {code}\n{text}\n", args.join(" ")));
+    }
+    insta::assert_snapshot!("alerts_command", out);
+}

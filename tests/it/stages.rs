@@ -128,6 +128,55 @@ fn summary(defs: &Definitions) -> String {
             t.tolerance.as_ref().map(|a| a.value.value),
         ));
     }
+    for a in &defs.alerts {
+        use tally::ast::ConditionDef;
+        let amount = |a: &tally::ast::Amount| format!("{}{}", a.value, if a.percent { " (percent)" } else { "" });
+        let condition = match a.condition.as_ref().map(|c| &c.value) {
+            Some(ConditionDef::Threshold { metric, levels }) => format!(
+                "{} {}",
+                metric.value,
+                levels
+                    .iter()
+                    .map(|l| format!(
+                        "{} {} {:?}",
+                        l.op.symbol(),
+                        amount(&l.amount.value),
+                        l.severity.as_ref().map(|s| &s.value)
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Some(ConditionDef::Change {
+                metric,
+                against,
+                op,
+                amount: a,
+            }) => format!(
+                "{} change vs {:?} {} {}",
+                metric.value,
+                against.as_ref().map(|x| &x.value),
+                op.symbol(),
+                amount(&a.value)
+            ),
+            Some(ConditionDef::OffTarget { metric, pace }) => {
+                format!("{} off {}", metric.value, if *pace { "pace" } else { "target" })
+            }
+            Some(ConditionDef::Stale { source, older }) => {
+                format!("source {} older than {:?}", source.value, older.value)
+            }
+            Some(ConditionDef::Empty { source }) => format!("source {} empty", source.value),
+            None => "none".into(),
+        };
+        out.push_str(&format!(
+            "alert {} when {condition} for={:?} per={:?} by={:?} severity={:?} message={:?}\n",
+            a.name.value,
+            a.for_periods.as_ref().map(|f| &f.value),
+            a.per.as_ref().map(|p| &p.value),
+            a.by.iter().map(|b| &b.value).collect::<Vec<_>>(),
+            a.severity.as_ref().map(|s| &s.value),
+            a.message.as_ref().map(|m| &m.value),
+        ));
+    }
     for d in &defs.deferred {
         out.push_str(&format!("{} {}\n", d.kind, d.name.value));
     }

@@ -688,3 +688,139 @@ fn targets_per_period_and_by_a_deadline() {
     let r = find(&end, "= 500 by");
     assert_eq!((r.value, r.status), (s(445.), Status::Missed));
 }
+
+fn alerts_as_of(env: &crate::Env, day: &str) -> Vec<tally::alerts::AlertResult> {
+    crate::runtime()
+        .block_on(tally::alerts::evaluate(
+            &env.ctx,
+            &env.model,
+            &env.files,
+            &env.settings,
+            day.parse().unwrap(),
+        ))
+        .unwrap()
+}
+
+#[test]
+fn alerts_fire_on_complete_periods() {
+    use tally::model::AlertSeverity::{Critical, Warning};
+    let env = env();
+    let firing = |rs: &[tally::alerts::AlertResult], name: &str| {
+        rs.iter()
+            .filter(|r| r.name == name && r.firing.is_some())
+            .map(|r| {
+                (
+                    r.dimensions
+                        .iter()
+                        .map(|d| d.1.clone().unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    r.firing.unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    // As of 31 March, March is complete: revenue 115 (not under 100); down 54% on
+    // February's 250; short of its target of 200; by channel web 60 and phone 55, both under 70.
+    let mar = alerts_as_of(&env, "2024-03-31");
+    assert_eq!(firing(&mar, "revenue_low"), []);
+    assert_eq!(firing(&mar, "revenue_fell"), [(String::new(), Warning)]);
+    let fell = mar.iter().find(|r| r.name == "revenue_fell").unwrap();
+    assert_eq!((fell.value, fell.earlier), (s(115.), s(250.)));
+    assert_eq!(firing(&mar, "revenue_off"), [(String::new(), Warning)]);
+    assert_eq!(
+        firing(&mar, "channel_low"),
+        [("phone".to_string(), Warning), ("web".to_string(), Warning)]
+    );
+    let web = mar
+        .iter()
+        .find(|r| r.name == "channel_low" && r.dimensions[0].1.as_deref() == Some("web"))
+        .unwrap();
+    assert_eq!(web.message, "web took 60");
+    // As of 30 April: April's 60 is under 100 but not under 50; down 48% on March.
+    let apr = alerts_as_of(&env, "2024-04-30");
+    assert_eq!(firing(&apr, "revenue_low"), [(String::new(), Warning)]);
+    assert_eq!(firing(&apr, "revenue_fell"), [(String::new(), Warning)]);
+    // Mid-April, April is not complete: March is judged.
+    let mid = alerts_as_of(&env, "2024-04-15");
+    assert_eq!(
+        mid.iter().find(|r| r.name == "revenue_low").unwrap().period.to_string(),
+        "2024-03-01"
+    );
+    // February: 250, no alert; its target is met.
+    let feb = alerts_as_of(&env, "2024-02-29");
+    assert_eq!(firing(&feb, "revenue_fell"), []);
+    assert_eq!(firing(&feb, "revenue_off"), []);
+
+    // Two weeks in a row without sales: the weeks of 11 and 18 March.
+    let quiet = alerts_as_of(&env, "2024-03-24");
+    assert_eq!(firing(&quiet, "quiet_weeks"), [(String::new(), Critical)]);
+    let q = quiet.iter().find(|r| r.name == "quiet_weeks").unwrap();
+    assert_eq!(
+        q.message,
+        "quiet_weeks: 0 sales in the week of 2024-03-18 (2 weeks running)"
+    );
+    // As of 17 March only the week of the 11th is empty (the 4th had a sale).
+    assert_eq!(firing(&alerts_as_of(&env, "2024-03-17"), "quiet_weeks"), []);
+    assert_eq!(
+        firing(&alerts_as_of(&env, "2024-03-17"), "no_sales"),
+        [(String::new(), Warning)]
+    );
+    assert_eq!(firing(&alerts_as_of(&env, "2024-03-10"), "no_sales"), []);
+
+    // The last sale is 2 April 09:00 UTC; the end of 5 April in London is 23:00 UTC: 3 days
+    // 14 hours, older than 3 days. At the end of 4 April: 2 days 14 hours.
+    let r = alerts_as_of(&env, "2024-04-05");
+    assert_eq!(firing(&r, "stale_sales"), [(String::new(), Warning)]);
+    assert_close(
+        r.iter().find(|r| r.name == "stale_sales").unwrap().value,
+        s(3. + 14. / 24.),
+        "age in days",
+    );
+    assert_eq!(firing(&alerts_as_of(&env, "2024-04-04"), "stale_sales"), []);
+
+    // The deadline of 500 by the end of 2024: on pace in September (425 in 274 days), off
+    // pace on 1 December (445 in 336 days projects to 484.7).
+    assert_eq!(firing(&alerts_as_of(&env, "2024-09-30"), "revenue_pace"), []);
+    assert_eq!(
+        firing(&alerts_as_of(&env, "2024-12-01"), "revenue_pace"),
+        [(String::new(), Critical)]
+    );
+}
+
+#[test]
+fn alert_state_says_what_changed() {
+    use tally::alerts::{Transition, load_state, save_state, transition};
+    let env = env();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(".tally/alert-state.json");
+    // Missing: a fresh state, no warning.
+    let (state, warning) = load_state(&path);
+    assert!(state.alerts.is_empty() && warning.is_none());
+    let mar = alerts_as_of(&env, "2024-03-31");
+    let (next, changes) = transition(&state, &mar);
+    assert!(changes.iter().all(|c| c.1 == Transition::New));
+    save_state(&path, &next).unwrap();
+    // A month later revenue_fell still fires (since March) and revenue_low is new. Phone has
+    // no row in April, so no value of its own there: its alert resolves.
+    let apr = alerts_as_of(&env, "2024-04-30");
+    let (previous, _) = load_state(&path);
+    assert_eq!(previous, next);
+    let (_, changes) = transition(&previous, &apr);
+    let of = |key: &str| changes.iter().find(|c| c.0 == key).map(|c| (c.1, c.2.to_string()));
+    assert_eq!(of("revenue_fell"), Some((Transition::Still, "2024-03-01".into())));
+    assert_eq!(of("revenue_low"), Some((Transition::New, "2024-04-01".into())));
+    assert_eq!(
+        of("channel_low|channel=phone"),
+        Some((Transition::Resolved, "2024-03-01".into()))
+    );
+    // A corrupt file: a warning and a fresh state, never a crash.
+    std::fs::write(&path, "{ not json").unwrap();
+    let (state, warning) = load_state(&path);
+    assert!(state.alerts.is_empty());
+    assert!(warning.unwrap().message.contains("not readable"));
+    // Written atomically: no temporary file is left behind.
+    save_state(&path, &next).unwrap();
+    let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+    assert_eq!(left.len(), 1);
+}
