@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// Dimension names and values.
+pub type Dimensions = Vec<(String, Option<String>)>;
+
 /// One alert (and one value of its dimensions) at the as-of period.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertResult {
@@ -32,6 +35,8 @@ pub struct AlertResult {
     pub level: Option<f64>,
     /// The earlier value of a change alert.
     pub earlier: Option<f64>,
+    /// The range an anomaly alert expected (from the metric's own history).
+    pub expected: Option<(f64, f64)>,
     /// What fired, for people (empty when the alert does not fire).
     pub message: String,
 }
@@ -64,33 +69,26 @@ pub async fn evaluate(
     settings: &Settings,
     as_of: NaiveDate,
 ) -> Result<Vec<AlertResult>, Diagnostic> {
+    evaluate_some(ctx, model, files, settings, as_of, None).await
+}
+
+/// Every alert (or only one) at the period of `as_of`.
+async fn evaluate_some(
+    ctx: &SessionContext,
+    model: &Model,
+    files: &Files,
+    settings: &Settings,
+    as_of: NaiveDate,
+    only: Option<usize>,
+) -> Result<Vec<AlertResult>, Diagnostic> {
     let calendar = settings.calendar();
     let mut targets = None;
     let mut out = Vec::new();
     for (i, alert) in model.alerts.iter().enumerate() {
-        // The last complete period: a period still under way would compare half a month
-        // with whole ones. Freshness and pace are about the as-of day itself.
-        let mut period = calendar.period_start(as_of, alert.grain);
-        let end = calendar.next(period, alert.grain) - Days::new(1);
-        let complete = !matches!(
-            alert.condition,
-            Condition::Stale { .. } | Condition::OffTarget { pace: true, .. }
-        );
-        if !complete {
-            period = as_of;
-        } else if end > as_of {
-            period = calendar.period_start(period - Days::new(1), alert.grain);
+        if only.is_some_and(|o| o != i) {
+            continue;
         }
-        let last_day = if complete {
-            calendar.next(period, alert.grain) - Days::new(1)
-        } else {
-            as_of
-        };
-        let mut first = period;
-        for _ in 1..alert.periods {
-            first = calendar.period_start(first - Days::new(1), alert.grain);
-        }
-        let result = |dimensions, firing, value, level, earlier| AlertResult {
+        let result = |dimensions, period, firing, value, level, earlier| AlertResult {
             alert: i,
             name: alert.name.clone(),
             dimensions,
@@ -99,68 +97,10 @@ pub async fn evaluate(
             value,
             level,
             earlier,
+            expected: None,
             message: String::new(),
         };
         match &alert.condition {
-            Condition::Threshold { metric, .. } | Condition::Change { metric, .. } => {
-                let year = matches!(alert.condition, Condition::Change { year: true, .. });
-                let change = matches!(alert.condition, Condition::Change { .. });
-                let query = Query {
-                    metrics: vec![*metric],
-                    grain: Some(alert.grain),
-                    dimensions: alert.dimensions.clone(),
-                    from: Some(first),
-                    to: Some(last_day),
-                    compare: change.then_some(if year { Compare::Year } else { Compare::Previous }),
-                    ..Query::default()
-                };
-                let table = crate::run::query(ctx, model, files, settings, query).await?;
-                // The values of each breakdown value, period by period.
-                let mut series: BTreeMap<Vec<Option<String>>, Vec<&crate::run::ResultRow>> = BTreeMap::new();
-                for r in &table.rows {
-                    series.entry(r.dimensions.clone()).or_default().push(r);
-                }
-                if series.is_empty() && alert.dimensions.is_empty() {
-                    series.insert(Vec::new(), Vec::new());
-                }
-                for (dims, rows) in series {
-                    let named: Vec<(String, Option<String>)> = table.dimensions.iter().cloned().zip(dims).collect();
-                    let last = rows.last();
-                    match &alert.condition {
-                        Condition::Threshold { levels, .. } => {
-                            let fired = levels.iter().find(|(op, level, _)| {
-                                rows.len() == alert.periods as usize
-                                    && rows.iter().all(|r| r.values[0].is_some_and(|v| holds(*op, v, *level)))
-                            });
-                            let level = fired.or(levels.last()).map(|l| l.1);
-                            out.push(result(
-                                named,
-                                fired.map(|l| l.2),
-                                last.and_then(|r| r.values[0]),
-                                level,
-                                None,
-                            ));
-                        }
-                        Condition::Change {
-                            op, value, relative, ..
-                        } => {
-                            let col = if *relative { 3 } else { 2 };
-                            let fires = rows.len() == alert.periods as usize
-                                && rows
-                                    .iter()
-                                    .all(|r| r.values[col].is_some_and(|v| holds(*op, v, *value)));
-                            out.push(result(
-                                named,
-                                fires.then_some(alert.severity),
-                                last.and_then(|r| r.values[0]),
-                                Some(*value),
-                                last.and_then(|r| r.values[1]),
-                            ));
-                        }
-                        _ => unreachable!(),
-                    }
-                }
-            }
             Condition::OffTarget { target, pace: true, .. } => {
                 if targets.is_none() {
                     targets = Some(crate::targets::evaluate(ctx, model, files, settings, as_of).await?);
@@ -169,35 +109,10 @@ pub async fn evaluate(
                 let off = now.is_some_and(|r| matches!(r.status, Status::Missed | Status::OffPace));
                 out.push(result(
                     Vec::new(),
+                    as_of,
                     off.then_some(alert.severity),
                     now.and_then(|r| r.value),
                     now.and_then(|r| r.level),
-                    None,
-                ));
-            }
-            Condition::OffTarget { metric, target, .. } => {
-                // Missed in each of the last complete periods.
-                let t = &model.targets[*target];
-                let query = Query {
-                    metrics: vec![*metric],
-                    grain: Some(t.grain),
-                    from: Some(first),
-                    to: Some(last_day),
-                    ..Query::default()
-                };
-                let table = crate::run::query(ctx, model, files, settings, query).await?;
-                let missed = |r: &crate::run::ResultRow| {
-                    let p = r.period.expect("a period");
-                    let high = t.high.as_ref().and_then(|h| h.at(p));
-                    crate::targets::status(t, r.values[0], t.level.at(p), high) == Status::Missed
-                };
-                let off = table.rows.len() == alert.periods as usize && table.rows.iter().all(missed);
-                let last = table.rows.last();
-                out.push(result(
-                    Vec::new(),
-                    off.then_some(alert.severity),
-                    last.and_then(|r| r.values[0]),
-                    last.and_then(|r| t.level.at(r.period.expect("a period"))),
                     None,
                 ));
             }
@@ -217,6 +132,7 @@ pub async fn evaluate(
                 let fires = age.is_none_or(|a| a > *seconds);
                 out.push(result(
                     Vec::new(),
+                    as_of,
                     fires.then_some(alert.severity),
                     age.map(|a| a as f64 / 86_400.0),
                     Some(*seconds as f64 / 86_400.0),
@@ -224,15 +140,42 @@ pub async fn evaluate(
                 ));
             }
             Condition::Empty { source } => {
-                let (rows, _) =
-                    crate::run::activity(ctx, model, settings, *source, Some(first), Some(last_day)).await?;
+                let (first, last) = window(&calendar, alert, last_complete(&calendar, alert, as_of), alert.periods);
+                let (rows, _) = crate::run::activity(ctx, model, settings, *source, Some(first), Some(last)).await?;
+                let period = calendar.period_start(last, alert.grain);
                 out.push(result(
                     Vec::new(),
+                    period,
                     (rows == 0).then_some(alert.severity),
                     Some(rows as f64),
                     None,
                     None,
                 ));
+            }
+            _ => {
+                let period = last_complete(&calendar, alert, as_of);
+                let (first, last) = window(&calendar, alert, period, history(alert));
+                for s in series(ctx, model, files, settings, alert, first, last).await? {
+                    let raw: Vec<_> = (0..s.periods.len()).map(|i| raw_at(model, alert, &s, i)).collect();
+                    let settled = settle(alert, &raw.iter().map(|r| r.map(|x| x.0)).collect::<Vec<_>>());
+                    let Some(at) = s.periods.iter().position(|&p| p == period) else {
+                        continue;
+                    };
+                    let level = raw[at].and_then(|r| r.1).or_else(|| default_level(alert));
+                    let mut r = result(s.dims.clone(), period, settled[at], s.value[at], level, s.earlier[at]);
+                    if let Condition::Anomaly {
+                        mad,
+                        threshold,
+                        window,
+                        weekday,
+                        ..
+                    } = alert.condition
+                    {
+                        r.expected = expected(&s, at, window, weekday, mad)
+                            .map(|(c, spread)| (c - threshold * spread, c + threshold * spread));
+                    }
+                    out.push(r);
+                }
             }
         }
     }
@@ -242,6 +185,350 @@ pub async fn evaluate(
         }
     }
     Ok(out)
+}
+
+/// How each alert would have behaved over a range of days, evaluated at the end of every
+/// period in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backtest {
+    pub alert: usize,
+    pub name: String,
+    pub dimensions: Vec<(String, Option<String>)>,
+    /// Periods evaluated, and those it fired in.
+    pub periods: usize,
+    pub firing: usize,
+    /// Runs of firing periods.
+    pub episodes: usize,
+    /// The average length of an episode, in periods.
+    pub average_length: Option<f64>,
+    /// Episodes that began within two periods of the end of the one before.
+    pub flaps: usize,
+    /// The periods it fired in.
+    pub fired: Vec<NaiveDate>,
+}
+
+/// Replays every alert over the periods from `from` to `to` (complete periods only, and
+/// freshness, pace and emptiness at the end of each day or period), as if run at each.
+pub async fn backtest(
+    ctx: &SessionContext,
+    model: &Model,
+    files: &Files,
+    settings: &Settings,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<Backtest>, Diagnostic> {
+    let calendar = settings.calendar();
+    let mut out = Vec::new();
+    for (i, alert) in model.alerts.iter().enumerate() {
+        let start = calendar.period_start(from, alert.grain);
+        let end = last_complete(&calendar, alert, to);
+        if end < start {
+            continue;
+        }
+        // Per breakdown value: whether it fires at each period.
+        let mut states: Vec<(Dimensions, Vec<(NaiveDate, bool)>)> = Vec::new();
+        match &alert.condition {
+            Condition::Threshold { .. }
+            | Condition::Change { .. }
+            | Condition::Anomaly { .. }
+            | Condition::OffTarget { pace: false, .. } => {
+                let (first, last) = window(
+                    &calendar,
+                    alert,
+                    end,
+                    history(alert) + calendar.periods(start, end, alert.grain).len() as u32,
+                );
+                for s in series(ctx, model, files, settings, alert, first, last).await? {
+                    let raw: Vec<_> = (0..s.periods.len())
+                        .map(|i| raw_at(model, alert, &s, i).map(|x| x.0))
+                        .collect();
+                    let settled = settle(alert, &raw);
+                    let run = s
+                        .periods
+                        .iter()
+                        .zip(&settled)
+                        .filter(|(p, _)| **p >= start && **p <= end)
+                        .map(|(p, f)| (*p, f.is_some()))
+                        .collect();
+                    states.push((s.dims.clone(), run));
+                }
+            }
+            _ => {
+                // Freshness, pace and emptiness depend on the day: evaluated at the end of each period.
+                let mut run = Vec::new();
+                for p in calendar.periods(start, end, alert.grain) {
+                    let day = calendar.next(p, alert.grain) - Days::new(1);
+                    let r = Box::pin(evaluate_some(ctx, model, files, settings, day, Some(i))).await?;
+                    run.push((p, r.first().is_some_and(|r| r.firing.is_some())));
+                }
+                states.push((Vec::new(), run));
+            }
+        }
+        for (dims, run) in states {
+            let fired: Vec<NaiveDate> = run.iter().filter(|x| x.1).map(|x| x.0).collect();
+            let mut episodes = Vec::new();
+            let mut current = 0usize;
+            let mut last_end: Option<usize> = None;
+            let mut flaps = 0;
+            for (idx, (_, on)) in run.iter().enumerate() {
+                if *on {
+                    if current == 0 && last_end.is_some_and(|e| idx - e <= 2) {
+                        flaps += 1;
+                    }
+                    current += 1;
+                } else if current > 0 {
+                    episodes.push(current);
+                    current = 0;
+                    last_end = Some(idx);
+                }
+            }
+            if current > 0 {
+                episodes.push(current);
+            }
+            out.push(Backtest {
+                alert: i,
+                name: alert.name.clone(),
+                dimensions: dims,
+                periods: run.len(),
+                firing: fired.len(),
+                episodes: episodes.len(),
+                average_length: (!episodes.is_empty())
+                    .then(|| episodes.iter().sum::<usize>() as f64 / episodes.len() as f64),
+                flaps,
+                fired,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The last complete period on or before a day: a period under way would compare half a
+/// month with whole ones.
+fn last_complete(calendar: &crate::time::Calendar, alert: &Alert, as_of: NaiveDate) -> NaiveDate {
+    let period = calendar.period_start(as_of, alert.grain);
+    if calendar.next(period, alert.grain) - Days::new(1) > as_of {
+        calendar.period_start(period - Days::new(1), alert.grain)
+    } else {
+        period
+    }
+}
+
+/// The first and last day of `count` periods ending with the period `period`.
+fn window(calendar: &crate::time::Calendar, alert: &Alert, period: NaiveDate, count: u32) -> (NaiveDate, NaiveDate) {
+    let mut first = period;
+    for _ in 1..count.max(1) {
+        first = calendar.period_start(first - Days::new(1), alert.grain);
+    }
+    (first, calendar.next(period, alert.grain) - Days::new(1))
+}
+
+/// How many periods an evaluation reads: `for`, `keep` and an anomaly's window before it.
+fn history(alert: &Alert) -> u32 {
+    let window = match alert.condition {
+        Condition::Anomaly { window, weekday, .. } => window * if weekday { 7 } else { 1 },
+        _ => 0,
+    };
+    alert.periods + alert.keep + window
+}
+
+/// One breakdown value's series of an alert's metric, oldest period first.
+struct Series {
+    dims: Vec<(String, Option<String>)>,
+    periods: Vec<NaiveDate>,
+    value: Vec<Option<f64>>,
+    /// The earlier value of a change alert.
+    earlier: Vec<Option<f64>>,
+    /// The change (absolute or relative) of a change alert.
+    change: Vec<Option<f64>>,
+    /// The volume metric, when the alert has one.
+    volume: Vec<Option<f64>>,
+}
+
+async fn series(
+    ctx: &SessionContext,
+    model: &Model,
+    files: &Files,
+    settings: &Settings,
+    alert: &Alert,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<Series>, Diagnostic> {
+    let (metric, compare, relative) = match &alert.condition {
+        Condition::Threshold { metric, .. }
+        | Condition::Anomaly { metric, .. }
+        | Condition::OffTarget { metric, .. } => (*metric, None, false),
+        Condition::Change {
+            metric, year, relative, ..
+        } => (
+            *metric,
+            Some(if *year { Compare::Year } else { Compare::Previous }),
+            *relative,
+        ),
+        _ => unreachable!("metric alerts only"),
+    };
+    let mut metrics = vec![metric];
+    if let Some((v, _)) = alert.volume {
+        metrics.push(v);
+    }
+    // Periods before the first row of data are not evaluated: they have no data, not zeros.
+    let mut measures = Vec::new();
+    model.measures_of(metric, &mut measures);
+    let mut sources: Vec<_> = measures.iter().map(|&m| model.measures[m].source).collect();
+    sources.dedup();
+    let from = match crate::run::data_range(ctx, model, settings, &sources).await? {
+        Some((first, _)) => from.max(settings.calendar().period_start(first, alert.grain)),
+        None => from,
+    };
+    let query = Query {
+        metrics,
+        grain: Some(alert.grain),
+        dimensions: alert.dimensions.clone(),
+        from: Some(from),
+        to: Some(to),
+        compare,
+        ..Query::default()
+    };
+    let table = crate::run::query(ctx, model, files, settings, query).await?;
+    // Columns: the metric (and with --compare: earlier, change, relative change), then the
+    // volume (and its comparisons).
+    let volume_col = alert.volume.map(|_| if compare.is_some() { 4 } else { 1 });
+    let mut by_dims: BTreeMap<Vec<Option<String>>, Series> = BTreeMap::new();
+    for r in &table.rows {
+        let s = by_dims.entry(r.dimensions.clone()).or_insert_with(|| Series {
+            dims: table.dimensions.iter().cloned().zip(r.dimensions.clone()).collect(),
+            periods: Vec::new(),
+            value: Vec::new(),
+            earlier: Vec::new(),
+            change: Vec::new(),
+            volume: Vec::new(),
+        });
+        s.periods.push(r.period.expect("a period"));
+        s.value.push(r.values[0]);
+        let column = |c: usize| compare.and_then(|_| r.values.get(c).copied().flatten());
+        s.earlier.push(column(1));
+        s.change.push(column(if relative { 3 } else { 2 }));
+        s.volume.push(volume_col.and_then(|c| r.values[c]));
+    }
+    Ok(by_dims.into_values().collect())
+}
+
+/// The condition at one period, before `for` and `keep`: the severity it holds at, and the
+/// level it crossed.
+fn raw_at(model: &Model, alert: &Alert, s: &Series, i: usize) -> Option<(AlertSeverity, Option<f64>)> {
+    if let Some((_, minimum)) = alert.volume
+        && s.volume[i].is_none_or(|v| v < minimum)
+    {
+        return None;
+    }
+    match &alert.condition {
+        Condition::Threshold { levels, .. } => {
+            let v = s.value[i]?;
+            levels
+                .iter()
+                .find(|(op, level, _)| holds(*op, v, *level))
+                .map(|(_, level, sev)| (*sev, Some(*level)))
+        }
+        Condition::Change { op, value, .. } => {
+            let c = s.change[i]?;
+            holds(*op, c, *value).then_some((alert.severity, Some(*value)))
+        }
+        Condition::Anomaly {
+            mad,
+            threshold,
+            window,
+            weekday,
+            ..
+        } => {
+            let v = s.value[i]?;
+            let (center, spread) = expected(s, i, *window, *weekday, *mad)?;
+            ((v - center).abs() > threshold * spread).then_some((alert.severity, None))
+        }
+        Condition::OffTarget { target, .. } => {
+            let t = &model.targets[*target];
+            let p = s.periods[i];
+            let high = t.high.as_ref().and_then(|h| h.at(p));
+            (crate::targets::status(t, s.value[i], t.level.at(p), high) == Status::Missed)
+                .then_some((alert.severity, t.level.at(p)))
+        }
+        _ => None,
+    }
+}
+
+/// The level to show when an alert does not fire: its least severe level.
+fn default_level(alert: &Alert) -> Option<f64> {
+    match &alert.condition {
+        Condition::Threshold { levels, .. } => levels.last().map(|l| l.1),
+        Condition::Change { value, .. } => Some(*value),
+        _ => None,
+    }
+}
+
+/// The center and spread of the `window` periods before `i` (every 7th day with `weekday`):
+/// mean and standard deviation, or median and 1.4826 times the median absolute deviation.
+/// `None` with fewer than 3 values or no spread.
+fn expected(s: &Series, i: usize, window: u32, weekday: bool, mad: bool) -> Option<(f64, f64)> {
+    let step = if weekday { 7 } else { 1 };
+    let history: Vec<f64> = (1..=window as usize)
+        .filter_map(|k| i.checked_sub(k * step))
+        .filter_map(|j| s.value[j])
+        .collect();
+    if history.len() < 3 {
+        return None;
+    }
+    let median = |xs: &mut Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        let n = xs.len();
+        if n % 2 == 1 {
+            xs[n / 2]
+        } else {
+            (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+        }
+    };
+    let (center, spread) = if mad {
+        let m = median(&mut history.clone());
+        let mut dev: Vec<f64> = history.iter().map(|x| (x - m).abs()).collect();
+        (m, 1.4826 * median(&mut dev))
+    } else {
+        let n = history.len() as f64;
+        let mean = history.iter().sum::<f64>() / n;
+        let var = history.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        (mean, var.sqrt())
+    };
+    (spread > 0.0).then_some((center, spread))
+}
+
+/// `for N` (fires only after N periods in a row, at the least severity among them) and
+/// `keep K` (once firing, fires until the condition has been false K periods in a row).
+fn settle(alert: &Alert, raw: &[Option<AlertSeverity>]) -> Vec<Option<AlertSeverity>> {
+    let n = alert.periods.max(1) as usize;
+    let mut out = Vec::with_capacity(raw.len());
+    let mut quiet = 0usize;
+    let mut last: Option<AlertSeverity> = None;
+    for i in 0..raw.len() {
+        let held = if i + 1 >= n {
+            raw[i + 1 - n..=i]
+                .iter()
+                .try_fold(AlertSeverity::Critical, |acc, r| r.map(|s| acc.min(s)))
+        } else {
+            None
+        };
+        let state = match held {
+            Some(s) => {
+                quiet = 0;
+                Some(s)
+            }
+            None => {
+                quiet += 1;
+                match last {
+                    Some(s) if quiet < alert.keep as usize => Some(s),
+                    _ => None,
+                }
+            }
+        };
+        last = state;
+        out.push(state);
+    }
+    out
 }
 
 /// The format of an alert's values (its metric's, or days and rows for sources).
@@ -264,7 +551,8 @@ fn message(model: &Model, alert: &Alert, r: &AlertResult) -> Result<String, Diag
     let (subject, source) = match &alert.condition {
         Condition::Threshold { metric, .. }
         | Condition::Change { metric, .. }
-        | Condition::OffTarget { metric, .. } => (model.metrics[*metric].name.clone(), String::new()),
+        | Condition::OffTarget { metric, .. }
+        | Condition::Anomaly { metric, .. } => (model.metrics[*metric].name.clone(), String::new()),
         Condition::Stale { source, .. } | Condition::Empty { source } => {
             (model.sources[*source].name.clone(), model.sources[*source].name.clone())
         }
@@ -286,6 +574,15 @@ fn message(model: &Model, alert: &Alert, r: &AlertResult) -> Result<String, Diag
         };
         let what = match &alert.condition {
             Condition::Threshold { .. } => format!("{subject} is {}", show(r.value)),
+            Condition::Anomaly { .. } => match r.expected {
+                Some((lo, hi)) => format!(
+                    "{subject} is {}, outside the expected {} to {}",
+                    show(r.value),
+                    show(Some(lo)),
+                    show(Some(hi))
+                ),
+                None => format!("{subject} is {}", show(r.value)),
+            },
             Condition::Change { relative, .. } => {
                 let moved = match (relative, r.value, r.earlier) {
                     (true, Some(v), Some(e)) if e != 0.0 => {
@@ -336,6 +633,11 @@ fn message(model: &Model, alert: &Alert, r: &AlertResult) -> Result<String, Diag
     vars.insert("earlier".into(), text(show(r.earlier)));
     vars.insert("change".into(), text(show(change)));
     vars.insert("periods".into(), minijinja::Value::from(alert.periods));
+    let expected = r
+        .expected
+        .map(|(lo, hi)| format!("{} to {}", show(Some(lo)), show(Some(hi))))
+        .unwrap_or_default();
+    vars.insert("expected".into(), text(expected));
     let dims: BTreeMap<String, String> = r
         .dimensions
         .iter()

@@ -85,6 +85,10 @@ pub struct AlertDef {
     pub by: Vec<Name>,
     pub severity: Option<Name>,
     pub message: Option<Spanned<String>>,
+    /// `keep 2 days`
+    pub keep: Option<Spanned<(f64, String)>>,
+    /// `volume enquiries >= 30`
+    pub volume: Option<(Name, Spanned<f64>)>,
     pub span: Span,
 }
 
@@ -100,6 +104,14 @@ pub enum ConditionDef {
         against: Option<Name>,
         op: BinOp,
         amount: Spanned<Amount>,
+    },
+    /// `enquiries anomaly mad > 4 over 8 weeks by weekday`
+    Anomaly {
+        metric: Name,
+        method: Option<Name>,
+        threshold: Option<Spanned<f64>>,
+        window: Option<Spanned<(f64, String)>>,
+        weekday: bool,
     },
     /// `revenue off target`, `won_jobs off pace`.
     OffTarget { metric: Name, pace: bool },

@@ -98,6 +98,16 @@ pub enum Command {
         /// Neither read nor write the state file.
         #[arg(long = "no-state")]
         no_state: bool,
+        /// Replay every alert over history (--from, --to): how often it would have fired,
+        /// for how long, and how often it flapped. Reads and writes no state.
+        #[arg(long, requires_all = ["from", "to"])]
+        backtest: bool,
+        /// First day of a backtest.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day of a backtest.
+        #[arg(long)]
+        to: Option<String>,
     },
     /// Evaluate every target as of a day: the period's value and status, a deadline's pace.
     Targets {
@@ -252,6 +262,23 @@ pub async fn run(cli: Cli) -> Outcome {
             fail_on,
             format,
             no_state,
+            backtest: true,
+            from,
+            to,
+        } => {
+            let _ = (as_of, fail_on, no_state);
+            let loaded = match load(&cli.global, color).await {
+                Ok(l) => l,
+                Err(o) => return o,
+            };
+            backtest(&loaded, from.as_deref(), to.as_deref(), format, color).await
+        }
+        Command::Alerts {
+            as_of,
+            fail_on,
+            format,
+            no_state,
+            ..
         } => {
             let loaded = match load(&cli.global, color).await {
                 Ok(l) => l,
@@ -768,6 +795,78 @@ async fn alerts(
         stdout,
         stderr: diagnostic::render_human(files, &warnings, color),
         code: if failing { 1 } else { 0 },
+    }
+}
+
+async fn backtest(l: &Loaded, from: Option<&str>, to: Option<&str>, format: AlertFormat, color: bool) -> Outcome {
+    let files = &l.project.files;
+    let range = date_arg(from, false, "--from").and_then(|f| Ok((f, date_arg(to, true, "--to")?)));
+    let (from, to) = match range {
+        Ok((Some(f), Some(t))) if f <= t => (f, t),
+        Ok(_) => return Outcome::diagnostics(files, &[usage("a backtest needs --from before --to")], color),
+        Err(d) => return Outcome::diagnostics(files, &[d], color),
+    };
+    let results = match tally::alerts::backtest(&l.ctx, &l.model, files, &l.project.settings, from, to).await {
+        Ok(r) => r,
+        Err(d) => return Outcome::diagnostics(files, &[d], color),
+    };
+    let name = |r: &tally::alerts::Backtest| {
+        let mut n = r.name.clone();
+        for (d, v) in &r.dimensions {
+            n.push_str(&format!(" {d}={}", v.as_deref().unwrap_or("(none)")));
+        }
+        n
+    };
+    let stdout = if format == AlertFormat::Json {
+        let rows: Vec<_> = results
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "alert": r.name,
+                    "dimensions": r.dimensions.iter().map(|(d, v)| (d.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+                    "per": l.model.alerts[r.alert].grain.name(),
+                    "periods": r.periods,
+                    "firing": r.firing,
+                    "episodes": r.episodes,
+                    "average_length": r.average_length,
+                    "flaps": r.flaps,
+                    "fired": r.fired.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let v = serde_json::json!({"from": from.to_string(), "to": to.to_string(), "alerts": rows});
+        serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+    } else {
+        let mut h = format!("backtest from {from} to {to}\n");
+        let width = results
+            .iter()
+            .map(|r| name(r).chars().count())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        h.push_str(&format!(
+            "  {:<width$}  {:>7}  {:>6}  {:>8}  {:>11}  {:>5}\n",
+            "alert", "periods", "fired", "episodes", "avg. length", "flaps"
+        ));
+        for r in &results {
+            let per = l.model.alerts[r.alert].grain.name();
+            h.push_str(&format!(
+                "  {:<width$}  {:>7}  {:>6}  {:>8}  {:>11}  {:>5}\n",
+                name(r),
+                format!("{} {per}s", r.periods).trim_start(),
+                r.firing,
+                r.episodes,
+                r.average_length
+                    .map(|a| format!("{a:.1}"))
+                    .unwrap_or_else(|| "-".into()),
+                r.flaps
+            ));
+        }
+        h
+    };
+    Outcome {
+        stdout,
+        ..Outcome::default()
     }
 }
 

@@ -333,7 +333,7 @@ pub async fn prepare(
 }
 
 /// The first and last local day with data over some sources; `None` when they are empty.
-async fn data_range(
+pub(crate) async fn data_range(
     ctx: &SessionContext,
     model: &Model,
     settings: &Settings,

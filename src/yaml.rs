@@ -67,6 +67,10 @@ pub struct YamlAlert {
     pub severity: Option<String>,
     /// A template: `{{ value }}`, `{{ period }}`, `{{ level }}`, `{{ earlier }}`, ...
     pub message: Option<String>,
+    /// `2 days`: once firing, keeps firing until the condition has been false this long.
+    pub keep: Option<String>,
+    /// `enquiries >= 30`: not evaluated in periods where this metric is smaller.
+    pub volume: Option<String>,
 }
 
 /// A name, or a list of names.
@@ -541,22 +545,38 @@ fn alert(ctx: &Ctx, name: &str, a: &YamlAlert) -> Result<AlertDef, Diagnostic> {
         }
         None => syntax::parse_condition(ctx.file, &a.when, 0)?,
     };
+    let periods = |key: &'static str, text: &String| {
+        let span = ctx.value_span(&path(key), text);
+        let mut words = text.split_whitespace();
+        let amount = words.next().and_then(|n| n.parse::<f64>().ok());
+        match (amount, words.next(), words.next()) {
+            (Some(n), Some(unit), None) => Ok(Spanned::new((n, unit.to_string()), span)),
+            _ => Err(
+                Diagnostic::error("E0206", format!("`{text}` is not a number of periods"))
+                    .at(span, "expected e.g. `3 days`"),
+            ),
+        }
+    };
     let for_periods = match &a.for_periods {
+        Some(text) => Some(periods("for", text)?),
+        None => inline_for,
+    };
+    let keep = match &a.keep {
+        Some(text) => Some(periods("keep", text)?),
+        None => None,
+    };
+    let volume = match &a.volume {
         Some(text) => {
-            let span = ctx.value_span(&path("for"), text);
-            let mut words = text.split_whitespace();
-            let amount = words.next().and_then(|n| n.parse::<f64>().ok());
-            match (amount, words.next(), words.next()) {
-                (Some(n), Some(unit), None) => Some(Spanned::new((n, unit.to_string()), span)),
+            let span = ctx.value_span(&path("volume"), text);
+            match text.split_once(">=").map(|(m, n)| (m.trim(), n.trim().parse::<f64>())) {
+                Some((m, Ok(n))) if !m.is_empty() => Some((Spanned::new(m.to_string(), span), Spanned::new(n, span))),
                 _ => {
-                    return Err(
-                        Diagnostic::error("E0206", format!("`{text}` is not a number of periods"))
-                            .at(span, "expected e.g. `3 days`"),
-                    );
+                    return Err(Diagnostic::error("E0206", format!("`{text}` is not a minimum volume"))
+                        .at(span, "expected e.g. `enquiries >= 30`"));
                 }
             }
         }
-        None => inline_for,
+        None => None,
     };
     let names = match &a.by {
         YamlNames::None => Vec::new(),
@@ -581,6 +601,8 @@ fn alert(ctx: &Ctx, name: &str, a: &YamlAlert) -> Result<AlertDef, Diagnostic> {
             .message
             .as_ref()
             .map(|m| Spanned::new(m.clone(), ctx.value_span(&path("message"), m))),
+        keep,
+        volume,
         span: ctx.key_span(&base),
     })
 }

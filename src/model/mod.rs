@@ -41,6 +41,7 @@ pub const ALERT_VARIABLES: &[&str] = &[
     "change",
     "target",
     "periods",
+    "expected",
     "dimensions",
 ];
 /// Row-level functions of the expression language.
@@ -1720,6 +1721,56 @@ impl<'a> Resolver<'a> {
                     relative: amount.value.percent,
                 }
             }
+            ast::ConditionDef::Anomaly {
+                metric: m,
+                method,
+                threshold,
+                window,
+                weekday,
+            } => {
+                let id = metric(self, m)?;
+                let grain = per.unwrap_or(Grain::Day);
+                let window = match window {
+                    None => 28,
+                    Some(w) => {
+                        let (amount, unit) = &w.value;
+                        let word = unit.strip_suffix('s').unwrap_or(unit);
+                        if word != "period" && Grain::parse(word) != Some(grain) {
+                            let d = Diagnostic::error(
+                                "E0575",
+                                format!("the window counts {unit}, but the alert is per {}", grain.name()),
+                            )
+                            .at(w.span, format!("write `over N {}s` (or `per` the unit)", grain.name()));
+                            self.error(d);
+                            return Err(());
+                        }
+                        self.whole(*amount, w.span, "an anomaly window", true)? as u32
+                    }
+                };
+                if *weekday && grain != Grain::Day {
+                    let d = Diagnostic::error("E0580", "`by weekday` compares days: the alert must be per day")
+                        .at(cond.span, format!("this alert is per {}", grain.name()));
+                    self.error(d);
+                    return Err(());
+                }
+                let threshold = match threshold {
+                    Some(t) if t.value <= 0.0 => {
+                        let d = Diagnostic::error("E0581", "an anomaly threshold is a positive number of spreads")
+                            .at(t.span, "e.g. 3");
+                        self.error(d);
+                        return Err(());
+                    }
+                    Some(t) => t.value,
+                    None => 3.0,
+                };
+                Condition::Anomaly {
+                    metric: id,
+                    mad: method.as_ref().is_some_and(|m| m.value == "mad"),
+                    threshold,
+                    window,
+                    weekday: *weekday,
+                }
+            }
             ast::ConditionDef::OffTarget { metric: m, pace } => {
                 let id = metric(self, m)?;
                 let found: Vec<usize> = (0..targets.len())
@@ -1851,12 +1902,35 @@ impl<'a> Resolver<'a> {
             Some(m) => Some(self.template(m, &a.by)?),
             None => None,
         };
+        let keep = match &a.keep {
+            None => 1,
+            Some(k) => {
+                let (amount, unit) = &k.value;
+                let word = unit.strip_suffix('s').unwrap_or(unit);
+                if word != "period" && Grain::parse(word) != Some(grain) {
+                    let d = Diagnostic::error(
+                        "E0575",
+                        format!("`keep` counts {unit}, but the alert is per {}", grain.name()),
+                    )
+                    .at(k.span, format!("write `keep N {}s`", grain.name()));
+                    self.error(d);
+                    return Err(());
+                }
+                self.whole(*amount, k.span, "`keep`", true)? as u32
+            }
+        };
+        let volume = match &a.volume {
+            None => None,
+            Some((m, n)) => Some((metric(self, m)?, n.value)),
+        };
         Ok(Alert {
             name: a.name.value.clone(),
             span: a.name.span,
             condition,
             grain,
             periods,
+            keep,
+            volume,
             severity,
             message,
             dimensions,

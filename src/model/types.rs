@@ -170,6 +170,10 @@ pub struct Alert {
     pub grain: Grain,
     /// Fires only after the condition held this many periods in a row.
     pub periods: u32,
+    /// Once firing, keeps firing until the condition has been false this many periods.
+    pub keep: u32,
+    /// Not evaluated in periods where this metric is below this volume.
+    pub volume: Option<(MetricId, f64)>,
     /// The severity of a condition without levels.
     pub severity: AlertSeverity,
     /// A minijinja template.
@@ -217,6 +221,16 @@ pub enum Condition {
         op: BinOp,
         value: f64,
         relative: bool,
+    },
+    /// The value is more than `threshold` spreads from the center of the `window` periods
+    /// before it (the same weekday only, with `weekday`): mean and standard deviation, or
+    /// median and median absolute deviation (scaled by 1.4826) with `mad`.
+    Anomaly {
+        metric: MetricId,
+        mad: bool,
+        threshold: f64,
+        window: u32,
+        weekday: bool,
     },
     /// The metric misses its target (`pace`: its deadline target is off pace).
     OffTarget {

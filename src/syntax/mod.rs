@@ -382,6 +382,8 @@ impl Ctx {
             by: Vec::new(),
             severity: None,
             message: None,
+            keep: None,
+            volume: None,
             span,
         };
         for clause in inner {
@@ -402,6 +404,19 @@ impl Ctx {
                     a.message = Some(Spanned::new(unescape(m), mspan));
                 }
                 Rule::per_clause => a.per = Some(self.name(c.into_inner().nth(1).expect("grain"))),
+                Rule::keep_clause => {
+                    let d = c.into_inner().nth(1).expect("duration");
+                    let span = self.span(d.as_span());
+                    let (amount, unit) = self.duration(d)?;
+                    a.keep = Some(Spanned::new((amount, unit.value), span));
+                }
+                Rule::volume_clause => {
+                    let mut i = c.into_inner().skip(1);
+                    let metric = self.name(i.next().expect("metric"));
+                    let n = i.next().expect("number");
+                    let nspan = self.span(n.as_span());
+                    a.volume = Some((metric, Spanned::new(parse_number(n.as_str(), nspan)?, nspan)));
+                }
                 _ => a.by = c.into_inner().skip(1).map(|p| self.name(p)).collect(),
             }
         }
@@ -442,6 +457,35 @@ impl Ctx {
                 let metric = self.name(i.next().expect("metric"));
                 let rest = i.next().expect("condition");
                 match rest.as_rule() {
+                    Rule::anomaly => {
+                        let mut method = None;
+                        let mut threshold = None;
+                        let mut window = None;
+                        let mut weekday = false;
+                        for p in rest.into_inner() {
+                            match p.as_rule() {
+                                Rule::anomaly_method => method = Some(self.name(p)),
+                                Rule::number => {
+                                    let span = self.span(p.as_span());
+                                    threshold = Some(Spanned::new(parse_number(p.as_str(), span)?, span));
+                                }
+                                Rule::duration => {
+                                    let span = self.span(p.as_span());
+                                    let (amount, unit) = self.duration(p)?;
+                                    window = Some(Spanned::new((amount, unit.value), span));
+                                }
+                                Rule::by_weekday => weekday = true,
+                                _ => {}
+                            }
+                        }
+                        ConditionDef::Anomaly {
+                            metric,
+                            method,
+                            threshold,
+                            window,
+                            weekday,
+                        }
+                    }
                     Rule::off_target => {
                         let pace = rest.into_inner().nth(1).is_some_and(|p| p.as_rule() == Rule::kw_pace);
                         ConditionDef::OffTarget { metric, pace }
@@ -1077,7 +1121,8 @@ fn rule_words(rule: Rule) -> Option<&'static str> {
         | Rule::target_def
         | Rule::alert_def
         | Rule::deferred_def => "a definition",
-        Rule::alert_clause | Rule::when_clause => "`when`, `severity`, `message`, `per` or `by`",
+        Rule::alert_clause | Rule::when_clause => "`when`, `severity`, `message`, `per`, `by`, `keep` or `volume`",
+        Rule::anomaly => "`anomaly`",
         Rule::condition | Rule::metric_condition | Rule::source_condition => "a condition",
         Rule::thresholds | Rule::threshold | Rule::compare_op => "`<`, `<=`, `>` or `>=`",
         Rule::change => "`change`",

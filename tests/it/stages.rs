@@ -165,6 +165,19 @@ fn summary(defs: &Definitions) -> String {
                 format!("source {} older than {:?}", source.value, older.value)
             }
             Some(ConditionDef::Empty { source }) => format!("source {} empty", source.value),
+            Some(ConditionDef::Anomaly {
+                metric,
+                method,
+                threshold,
+                window,
+                weekday,
+            }) => format!(
+                "{} anomaly {:?} > {:?} over {:?} weekday={weekday}",
+                metric.value,
+                method.as_ref().map(|m| &m.value),
+                threshold.as_ref().map(|t| t.value),
+                window.as_ref().map(|w| &w.value)
+            ),
             None => "none".into(),
         };
         out.push_str(&format!(

@@ -801,8 +801,8 @@ fn alert_state_says_what_changed() {
     let (next, changes) = transition(&state, &mar);
     assert!(changes.iter().all(|c| c.1 == Transition::New));
     save_state(&path, &next).unwrap();
-    // A month later revenue_fell still fires (since March) and revenue_low is new. Phone has
-    // no row in April, so no value of its own there: its alert resolves.
+    // A month later revenue_fell still fires (since March) and revenue_low is new; phone has
+    // no sale in April (0, under 70): still firing.
     let apr = alerts_as_of(&env, "2024-04-30");
     let (previous, _) = load_state(&path);
     assert_eq!(previous, next);
@@ -812,8 +812,12 @@ fn alert_state_says_what_changed() {
     assert_eq!(of("revenue_low"), Some((Transition::New, "2024-04-01".into())));
     assert_eq!(
         of("channel_low|channel=phone"),
-        Some((Transition::Resolved, "2024-03-01".into()))
+        Some((Transition::Still, "2024-03-01".into()))
     );
+    // Evaluated at February instead, revenue_fell (up from January's nothing) resolves.
+    let (_, changes) = transition(&previous, &alerts_as_of(&env, "2024-02-29"));
+    let resolved = changes.iter().find(|c| c.0 == "revenue_fell").map(|c| c.1);
+    assert_eq!(resolved, Some(Transition::Resolved));
     // A corrupt file: a warning and a fresh state, never a crash.
     std::fs::write(&path, "{ not json").unwrap();
     let (state, warning) = load_state(&path);
@@ -823,4 +827,83 @@ fn alert_state_says_what_changed() {
     save_state(&path, &next).unwrap();
     let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
     assert_eq!(left.len(), 1);
+}
+
+/// The constructed series of tests/fixtures/series: 10 12 9 11 10 12 8 10 11 50 10 9 2 2 10
+/// 2 11 10 9 10 over 1 to 20 January 2026 (the 13th as two rows).
+fn series_env() -> crate::Env {
+    load(&fixture("series"), SettingsFile::default())
+}
+
+#[test]
+fn anomalies_debounce_hysteresis_and_volume() {
+    let env = series_env();
+    let fired = |name: &str| -> Vec<u32> {
+        (1..=20)
+            .filter(|d| {
+                alerts_as_of(&env, &format!("2026-01-{d:02}"))
+                    .iter()
+                    .any(|r| r.name == name && r.firing.is_some())
+            })
+            .collect()
+    };
+    assert_eq!(fired("low"), [13, 14, 16]);
+    // Two days in a row: only the 14th.
+    assert_eq!(fired("low_twice"), [14]);
+    // Kept until 3 quiet days: the 15th (1 quiet day), then the 16th fires again, and the
+    // 17th and 18th are kept; the 19th is the third quiet day.
+    assert_eq!(fired("low_kept"), [13, 14, 15, 16, 17, 18]);
+    // Only where at least 2 rows: the 13th.
+    assert_eq!(fired("low_volume"), [13]);
+    // z-score over the 7 days before: on the 10th, mean 71 / 7 = 10.143, sample standard
+    // deviation 1.345, so 50 is outside 6.108 to 14.178. On the 13th the 50 is in the window
+    // (mean 15.7, deviation 15.1): 2 is no anomaly.
+    assert_eq!(fired("spike"), [10]);
+    let spike = alerts_as_of(&env, "2026-01-10")
+        .into_iter()
+        .find(|r| r.name == "spike")
+        .unwrap();
+    let (lo, hi) = spike.expected.unwrap();
+    let (mean, sd) = (71.0 / 7.0, (76.0f64 / 7.0 / 6.0).sqrt());
+    assert_close(Some(lo), s(mean - 3.0 * sd), "expected low");
+    assert_close(Some(hi), s(mean + 3.0 * sd), "expected high");
+    assert_eq!(spike.message, "50 outside 6.1073 to 14.1784");
+    // Median and MAD are not moved by the 50: median 10, MAD 1 (x 1.4826): 2 is an anomaly.
+    assert_eq!(fired("spike_mad"), [10, 13, 14, 16]);
+}
+
+#[test]
+fn backtest_counts_known_firings() {
+    let env = series_env();
+    let results = crate::runtime()
+        .block_on(tally::alerts::backtest(
+            &env.ctx,
+            &env.model,
+            &env.files,
+            &env.settings,
+            "2026-01-01".parse().unwrap(),
+            "2026-01-20".parse().unwrap(),
+        ))
+        .unwrap();
+    let of = |name: &str| {
+        let r = results.iter().find(|r| r.name == name).unwrap();
+        (r.periods, r.firing, r.episodes, r.average_length, r.flaps)
+    };
+    // 13-14 and 16: two episodes, the second a flap (one quiet day between).
+    assert_eq!(of("low"), (20, 3, 2, s(1.5), 1));
+    assert_eq!(of("low_twice"), (20, 1, 1, s(1.), 0));
+    assert_eq!(of("low_kept"), (20, 6, 1, s(6.), 0));
+    assert_eq!(of("low_volume"), (20, 1, 1, s(1.), 0));
+    assert_eq!(of("spike"), (20, 1, 1, s(1.), 0));
+    // 10; 13-14 (starts two days after the 10th's episode ended on the 11th); 16.
+    assert_eq!(of("spike_mad"), (20, 4, 3, s(4. / 3.), 2));
+    let fired: Vec<String> = results
+        .iter()
+        .find(|r| r.name == "low")
+        .unwrap()
+        .fired
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(fired, ["2026-01-13", "2026-01-14", "2026-01-16"]);
 }
