@@ -352,3 +352,39 @@ impl BinOp {
         matches!(self, BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div)
     }
 }
+
+/// A test of definitions: fixture rows per source, and what metrics and alerts must give.
+#[derive(Debug, Clone)]
+pub struct TestDef {
+    pub name: Name,
+    pub as_of: Option<Spanned<NaiveDate>>,
+    /// Rows per source, each a JSON object of column values, with the place of the source's
+    /// rows.
+    pub rows: Vec<(Name, Vec<serde_json::Map<String, serde_json::Value>>)>,
+    pub expect: Vec<ExpectDef>,
+    pub alerts: Vec<AlertExpectDef>,
+    pub span: Span,
+}
+
+/// `{metric, per, period, by, value, tolerance}`
+#[derive(Debug, Clone)]
+pub struct ExpectDef {
+    pub metric: Name,
+    pub per: Option<Name>,
+    pub period: Option<Spanned<NaiveDate>>,
+    /// Dimension values of the row meant.
+    pub by: Vec<(Name, Option<String>)>,
+    /// `None`: the metric has no value (a ratio over nothing).
+    pub value: Option<f64>,
+    pub tolerance: Option<f64>,
+    pub span: Span,
+}
+
+/// `{alert, firing, by}`
+#[derive(Debug, Clone)]
+pub struct AlertExpectDef {
+    pub alert: Name,
+    pub firing: bool,
+    pub by: Vec<(Name, Option<String>)>,
+    pub span: Span,
+}

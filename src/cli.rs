@@ -84,6 +84,12 @@ pub enum Command {
         #[arg(long = "dim")]
         dims: Vec<String>,
     },
+    /// Run the tests of definitions (`*.test.yaml` under the definitions folder) on their
+    /// fixture rows; exit code 1 when one fails. Needs no data file.
+    Test {
+        #[arg(long, value_enum, default_value = "human")]
+        format: TestFormat,
+    },
     /// Evaluate every alert at the period of a day; exit code 1 when one at or above
     /// --fail-on fires. What changed since the last run is kept in `.tally/alert-state.json`.
     Alerts {
@@ -158,6 +164,13 @@ pub struct QueryArgs {
     /// A filter in the expression language, e.g. 'channel = "phone"'.
     #[arg(long = "where")]
     filter: Option<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestFormat {
+    Human,
+    Json,
+    Junit,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,6 +270,7 @@ pub async fn run(cli: Cli) -> Outcome {
             };
             explain(loaded, &metric, by.as_deref(), &dims, color).await
         }
+        Command::Test { format } => test(&cli.global, format, color).await,
         Command::Alerts {
             as_of,
             fail_on,
@@ -795,6 +809,93 @@ async fn alerts(
         stdout,
         stderr: diagnostic::render_human(files, &warnings, color),
         code: if failing { 1 } else { 0 },
+    }
+}
+
+async fn test(g: &Global, format: TestFormat, color: bool) -> Outcome {
+    let (mut project, diags) = match project::load(&g.project, &overrides(g)) {
+        Ok(p) => p,
+        Err((files, d)) => return Outcome::diagnostics(&files, &d, color),
+    };
+    let (tests, more) = project::load_tests(&mut project);
+    let errors: Vec<Diagnostic> = diags
+        .into_iter()
+        .chain(more)
+        .filter(|d| d.severity == Severity::Error)
+        .collect();
+    if !errors.is_empty() {
+        return Outcome::diagnostics(&project.files, &errors, color);
+    }
+    let outcomes = match tally::testing::run(&project, &tests).await {
+        Ok(o) => o,
+        Err(d) => return Outcome::diagnostics(&project.files, &d, color),
+    };
+    let failed = outcomes.iter().filter(|o| !o.failures.is_empty()).count();
+    let files = &project.files;
+    let stdout = match format {
+        TestFormat::Json => {
+            let rows: Vec<_> = outcomes
+                .iter()
+                .map(|o| {
+                    serde_json::json!({
+                        "test": o.name,
+                        "location": files.location(o.span),
+                        "checks": o.checks,
+                        "passed": o.failures.is_empty(),
+                        "failures": o.failures,
+                    })
+                })
+                .collect();
+            let v = serde_json::json!({"tests": rows, "passed": outcomes.len() - failed, "failed": failed});
+            serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+        }
+        TestFormat::Junit => {
+            let esc = |t: &str| {
+                t.replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+                    .replace('"', "&quot;")
+            };
+            let mut x = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"tally test\" tests=\"{}\" failures=\"{failed}\">\n",
+                outcomes.len()
+            );
+            for o in &outcomes {
+                x.push_str(&format!(
+                    "  <testcase classname=\"{}\" name=\"{}\">",
+                    esc(&files.location(o.span)),
+                    esc(&o.name)
+                ));
+                for f in &o.failures {
+                    x.push_str(&format!("<failure message=\"{}\"/>", esc(f)));
+                }
+                x.push_str("</testcase>\n");
+            }
+            x.push_str("</testsuite>\n");
+            x
+        }
+        TestFormat::Human => {
+            let mut h = String::new();
+            for o in &outcomes {
+                let mark = if o.failures.is_empty() { "ok  " } else { "FAIL" };
+                h.push_str(&format!(
+                    "{mark} {} ({}, {} checks)\n",
+                    o.name,
+                    files.location(o.span),
+                    o.checks
+                ));
+                for f in &o.failures {
+                    h.push_str(&format!("     {f}\n"));
+                }
+            }
+            h.push_str(&format!("{} passed, {failed} failed\n", outcomes.len() - failed));
+            h
+        }
+    };
+    Outcome {
+        stdout,
+        code: if failed > 0 { 1 } else { 0 },
+        ..Outcome::default()
     }
 }
 

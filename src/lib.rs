@@ -35,5 +35,6 @@ pub mod settings;
 pub mod span;
 pub mod syntax;
 pub mod targets;
+pub mod testing;
 pub mod time;
 pub mod yaml;

@@ -128,8 +128,56 @@ fn collect(dir: &Path, skip: &Path, out: &mut Vec<PathBuf>) {
             collect(&p, skip, out);
         } else if matches!(p.extension().and_then(|e| e.to_str()), Some("tally" | "yaml" | "yml"))
             && p.file_name().and_then(|n| n.to_str()) != Some("tally.yaml")
+            && !is_test_file(&p)
         {
             out.push(p);
         }
     }
+}
+
+/// `*.test.yaml`: tests of definitions, not definitions.
+fn is_test_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".test.yaml") || n.ends_with(".test.yml"))
+}
+
+/// Every test file (`*.test.yaml`) under the definitions folder, in path order, read.
+pub fn load_tests(project: &mut Project) -> (Vec<crate::ast::TestDef>, Vec<Diagnostic>) {
+    let mut paths = Vec::new();
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if is_test_file(&p) {
+                out.push(p);
+            }
+        }
+    }
+    walk(&project.settings.definitions, &mut paths);
+    paths.sort();
+    let mut tests = Vec::new();
+    let mut diags = Vec::new();
+    for path in paths {
+        let name = path
+            .strip_prefix(&project.settings.root)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                diags.push(Diagnostic::error("E0003", format!("cannot read `{name}`: {e}")).file(name));
+                continue;
+            }
+        };
+        let id = project.files.add(name, path.clone(), text);
+        let text = project.files.get(id).text.clone();
+        let (t, d) = yaml::parse_tests(id, &text);
+        tests.extend(t);
+        diags.extend(d);
+    }
+    (tests, diags)
 }

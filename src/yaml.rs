@@ -47,6 +47,173 @@ pub struct YamlFile {
     pub reports: Option<IndexMap<String, serde_yaml::Value>>,
 }
 
+/// A file of tests: `tests:` maps names to tests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct YamlTestFile {
+    tests: IndexMap<String, serde_yaml::Value>,
+}
+
+/// One test: fixture rows, an as-of day, expected values and alert states.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct YamlTest {
+    as_of: Option<YamlDate>,
+    #[serde(default)]
+    rows: IndexMap<String, Vec<serde_yaml::Value>>,
+    #[serde(default)]
+    expect: Vec<YamlExpect>,
+    #[serde(default)]
+    alerts: Vec<YamlAlertExpect>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct YamlExpect {
+    metric: String,
+    per: Option<String>,
+    period: Option<YamlDate>,
+    #[serde(default)]
+    by: IndexMap<String, Option<String>>,
+    value: Option<f64>,
+    tolerance: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct YamlAlertExpect {
+    alert: String,
+    firing: bool,
+    #[serde(default)]
+    by: IndexMap<String, Option<String>>,
+}
+
+/// Reads a test file (`*.test.yaml`): every test, or the problems found.
+pub fn parse_tests(file: FileId, text: &str) -> (Vec<crate::ast::TestDef>, Vec<Diagnostic>) {
+    use crate::ast::{AlertExpectDef, ExpectDef, TestDef};
+    let mut out = Vec::new();
+    let mut diags = Vec::new();
+    let loc = Locator::new(text);
+    let ctx = Ctx { file, text, loc: &loc };
+    let parsed: YamlTestFile = match serde_yaml::from_str(text) {
+        Ok(p) => p,
+        Err(e) => {
+            diags.push(yaml_error(file, text, &e));
+            return (out, diags);
+        }
+    };
+    for (name, value) in parsed.tests {
+        let base = ["tests", name.as_str()];
+        let t: YamlTest = match serde_yaml::from_value(value) {
+            Ok(t) => t,
+            Err(e) => {
+                diags.push(entry_error(file, &loc, &base, &e));
+                continue;
+            }
+        };
+        let date = |path: &[&str], d: &YamlDate| {
+            let text = match d {
+                YamlDate::Text(t) => t.clone(),
+                YamlDate::Number(n) => n.to_string(),
+            };
+            let span = ctx.value_span(path, &text);
+            date_value(&text, span, false).map(|d| Spanned::new(d, span))
+        };
+        let as_of = match &t.as_of {
+            Some(d) => match date(&[&base[..], &["as_of"]].concat(), d) {
+                Ok(d) => Some(d),
+                Err(d) => {
+                    diags.push(d);
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let mut rows = Vec::new();
+        for (source, list) in &t.rows {
+            let span = ctx.key_span(&[&base[..], &["rows", source.as_str()]].concat());
+            let mut objects = Vec::new();
+            for (i, row) in list.iter().enumerate() {
+                match serde_json::to_value(row) {
+                    Ok(serde_json::Value::Object(m)) => objects.push(m),
+                    _ => diags.push(
+                        Diagnostic::error(
+                            "E0207",
+                            format!("row {} of `{source}` is not a mapping of columns", i + 1),
+                        )
+                        .at(span, "expected `- {column: value, ...}`"),
+                    ),
+                }
+            }
+            rows.push((Spanned::new(source.clone(), span), objects));
+        }
+        let names = |by: &IndexMap<String, Option<String>>, span: Span| {
+            by.iter()
+                .map(|(k, v)| (Spanned::new(k.clone(), span), v.clone()))
+                .collect::<Vec<_>>()
+        };
+        let mut expect = Vec::new();
+        for (i, e) in t.expect.iter().enumerate() {
+            let idx = i.to_string();
+            let path = [&base[..], &["expect", idx.as_str()]].concat();
+            let span = ctx.key_span(&path);
+            let period = match &e.period {
+                Some(d) => match date(&[&path[..], &["period"]].concat(), d) {
+                    Ok(d) => Some(d),
+                    Err(d) => {
+                        diags.push(d);
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            expect.push(ExpectDef {
+                metric: Spanned::new(
+                    e.metric.clone(),
+                    ctx.value_span(&[&path[..], &["metric"]].concat(), &e.metric),
+                ),
+                per: e
+                    .per
+                    .as_ref()
+                    .map(|p| Spanned::new(p.clone(), ctx.value_span(&[&path[..], &["per"]].concat(), p))),
+                period,
+                by: names(&e.by, span),
+                value: e.value,
+                tolerance: e.tolerance,
+                span,
+            });
+        }
+        let alerts = t
+            .alerts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let idx = i.to_string();
+                let path = [&base[..], &["alerts", idx.as_str()]].concat();
+                let span = ctx.key_span(&path);
+                AlertExpectDef {
+                    alert: Spanned::new(
+                        a.alert.clone(),
+                        ctx.value_span(&[&path[..], &["alert"]].concat(), &a.alert),
+                    ),
+                    firing: a.firing,
+                    by: names(&a.by, span),
+                    span,
+                }
+            })
+            .collect();
+        out.push(TestDef {
+            name: Spanned::new(name.clone(), ctx.key_span(&base)),
+            as_of,
+            rows,
+            expect,
+            alerts,
+            span: ctx.key_span(&base),
+        });
+    }
+    (out, diags)
+}
+
 /// A condition over a metric's series (or a source's freshness).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

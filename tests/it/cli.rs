@@ -265,3 +265,31 @@ fn a_remembered_key_check_is_run_again_when_the_data_changes() {
     .unwrap();
     assert_eq!(run(), Some(4), "changed data is checked again");
 }
+
+/// `tally test` runs the example's tests without any data file: every source's columns come
+/// from fixture rows.
+#[test]
+fn definition_tests_run_without_data_files() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("metrics")).unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("tally.yaml"), "data: data\n").unwrap();
+    for e in std::fs::read_dir(root.join("metrics")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.path().join("metrics").join(p.file_name().unwrap())).unwrap();
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["test", "--color=never", "--project"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.ends_with("3 passed, 0 failed\n"), "{stdout}");
+}

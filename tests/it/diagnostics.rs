@@ -409,3 +409,66 @@ fn alerts_command_exit_codes_and_formats() {
     }
     insta::assert_snapshot!("alerts_command", out);
 }
+
+/// A failed expectation prints expected against actual (exit code 1); a fixture column the
+/// source does not have, an unknown metric or alert, are invalid tests (exit code 3).
+#[test]
+fn definition_tests_fail_clearly() {
+    let metrics = dsl(concat!(
+        "metric paid = sum(orders.amount)\n",
+        "metric orders_n = count(orders)\n",
+        "alert low_paid { when paid < 100 per month }\n",
+    ));
+    let tests = concat!(
+        "tests:\n",
+        "  paid_in_january:\n",
+        "    as_of: 2026-01-31\n",
+        "    rows:\n",
+        "      orders:\n",
+        "        - {order_id: 1, ordered_at: 2026-01-05, customer: alice, status: paid, amount: 10.5}\n",
+        "        - {order_id: 2, ordered_at: 2026-01-06, customer: bob, status: paid, amount: 20}\n",
+        "    expect:\n",
+        "      - {metric: paid, per: month, period: 2026-01, value: 30.5}\n",
+        "      - {metric: orders_n, value: 3}\n",
+        "      - {metric: paid, per: month, period: 2026-01, value: 31, tolerance: 0.1}\n",
+        "    alerts:\n",
+        "      - {alert: low_paid, firing: false}\n",
+    );
+    let mut out = String::new();
+    for fmt in ["human", "junit"] {
+        let (code, stdout, stderr) = run_in(
+            &[
+                ("orders.csv", ORDERS.as_bytes()),
+                ("m.tally", metrics.as_bytes()),
+                ("m.test.yaml", tests.as_bytes()),
+            ],
+            &["test", "--format", fmt],
+        );
+        out.push_str(&format!(
+            "$ tally test --format {fmt}\nexit code: {code}\n{stdout}{stderr}\n"
+        ));
+    }
+    let bad = concat!(
+        "tests:\n",
+        "  bad:\n",
+        "    rows:\n",
+        "      orders:\n",
+        "        - {order_id: 1, ordered_on: 2026-01-05, amount: 10}\n",
+        "      ordrs: []\n",
+        "    expect:\n",
+        "      - {metric: pad, value: 1}\n",
+    );
+    let (code, stdout, stderr) = run_in(
+        &[
+            ("orders.csv", ORDERS.as_bytes()),
+            ("m.tally", metrics.as_bytes()),
+            ("m.test.yaml", bad.as_bytes()),
+        ],
+        &["test"],
+    );
+    out.push_str(&format!(
+        "$ tally test (bad fixtures)\nexit code: {code}\n{stdout}{stderr}\n"
+    ));
+    assert!(!out.contains("panicked"), "{out}");
+    insta::assert_snapshot!("definition_tests", out);
+}
