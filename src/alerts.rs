@@ -656,10 +656,103 @@ fn message(model: &Model, alert: &Alert, r: &AlertResult) -> Result<String, Diag
     })
 }
 
-/// Since when each alert fires, kept between runs.
+/// Since when each alert fires, kept between runs; and notifications not delivered yet.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AlertState {
     pub alerts: BTreeMap<String, Firing>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<Notification>,
+}
+
+/// A change of state to post to a webhook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    pub url: String,
+    pub body: serde_json::Value,
+}
+
+/// The notifications of a run: every new and resolved alert with a webhook (its own, or the
+/// project's).
+pub fn notifications(
+    model: &Model,
+    project_webhook: Option<&str>,
+    results: &[AlertResult],
+    changes: &[(String, Transition, NaiveDate)],
+    as_of: NaiveDate,
+) -> Vec<Notification> {
+    let mut out = Vec::new();
+    for (key, t, since) in changes {
+        if *t == Transition::Still {
+            continue;
+        }
+        let result = results.iter().find(|r| r.key() == *key);
+        let name = key.split('|').next().unwrap_or(key);
+        let Some(alert) = model.alerts.iter().find(|a| a.name == name) else {
+            continue;
+        };
+        let Some(url) = alert.webhook.as_deref().or(project_webhook) else {
+            continue;
+        };
+        let dims: serde_json::Map<String, serde_json::Value> = result
+            .map(|r| {
+                r.dimensions
+                    .iter()
+                    .map(|(d, v)| (d.clone(), serde_json::json!(v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(Notification {
+            url: url.to_string(),
+            body: serde_json::json!({
+                "alert": name,
+                "key": key,
+                "state": t.name(),
+                "since": since.to_string(),
+                "as_of": as_of.to_string(),
+                "severity": result.and_then(|r| r.firing).map(|s| s.name()),
+                "period": result.map(|r| r.period.to_string()),
+                "dimensions": dims,
+                "value": result.and_then(|r| r.value),
+                "level": result.and_then(|r| r.level),
+                "message": result.map(|r| r.message.clone()).unwrap_or_default(),
+            }),
+        });
+    }
+    out
+}
+
+/// Posts notifications (JSON), each with a timeout and up to three attempts; returns those
+/// that could not be delivered, with why.
+pub fn deliver(notes: Vec<Notification>, timeout: std::time::Duration) -> Vec<(Notification, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .build()
+        .into();
+    let mut failed = Vec::new();
+    for n in notes {
+        let body = serde_json::to_vec(&n.body).unwrap_or_default();
+        let mut error = String::new();
+        for attempt in 0..3 {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(200 * 4u64.pow(attempt - 1)));
+            }
+            match agent
+                .post(&n.url)
+                .header("Content-Type", "application/json")
+                .send(&body[..])
+            {
+                Ok(_) => {
+                    error.clear();
+                    break;
+                }
+                Err(e) => error = e.to_string(),
+            }
+        }
+        if !error.is_empty() {
+            failed.push((n, error));
+        }
+    }
+    failed
 }
 
 /// A firing alert in the state file.

@@ -89,6 +89,8 @@ pub struct AlertDef {
     pub keep: Option<Spanned<(f64, String)>>,
     /// `volume enquiries >= 30`
     pub volume: Option<(Name, Spanned<f64>)>,
+    /// `webhook "https://..."`
+    pub webhook: Option<Spanned<String>>,
     pub span: Span,
 }
 

@@ -663,17 +663,45 @@ async fn alerts(
     };
     let mut warnings = Vec::new();
     let state_path = settings.root.join(".tally").join("alert-state.json");
-    let changes = if no_state {
-        tally::alerts::transition(&Default::default(), &results).1
+    let (previous, warning) = if no_state {
+        (Default::default(), None)
     } else {
-        let (previous, warning) = tally::alerts::load_state(&state_path);
-        warnings.extend(warning);
-        let (next, changes) = tally::alerts::transition(&previous, &results);
-        if let Err(d) = tally::alerts::save_state(&state_path, &next) {
-            return Outcome::diagnostics(files, &[d], color);
-        }
-        changes
+        tally::alerts::load_state(&state_path)
     };
+    warnings.extend(warning);
+    let (mut next, changes) = tally::alerts::transition(&previous, &results);
+    // Changes of state go to webhooks; what cannot be delivered is kept for the next run.
+    let mut notes = previous.pending.clone();
+    notes.extend(tally::alerts::notifications(
+        &l.model,
+        settings.webhook.as_deref(),
+        &results,
+        &changes,
+        as_of,
+    ));
+    let failed = tally::alerts::deliver(notes, std::time::Duration::from_secs(10));
+    for (n, why) in &failed {
+        let keep = if no_state {
+            ""
+        } else {
+            "; it is sent again on the next run"
+        };
+        warnings.push(
+            Diagnostic::data(
+                "W0803",
+                format!(
+                    "cannot notify {} of alert `{}`: {why}{keep}",
+                    n.url,
+                    n.body["key"].as_str().unwrap_or("?")
+                ),
+            )
+            .warning(),
+        );
+    }
+    next.pending = failed.into_iter().map(|(n, _)| n).collect();
+    if !no_state && let Err(d) = tally::alerts::save_state(&state_path, &next) {
+        return Outcome::diagnostics(files, &[d], color);
+    }
     let threshold = match fail_on {
         FailOn::Warning => model::AlertSeverity::Warning,
         FailOn::Critical => model::AlertSeverity::Critical,

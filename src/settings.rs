@@ -32,6 +32,8 @@ pub struct SettingsFile {
     /// Where checks of unchanged data are remembered (default: the user's cache folder;
     /// `off` to never remember).
     pub cache: Option<String>,
+    /// Where every alert's changes of state are posted (an alert's own `webhook` wins).
+    pub webhook: Option<String>,
 }
 
 /// Settings after defaults and flags are applied.
@@ -48,6 +50,7 @@ pub struct Settings {
     pub allow_paths: Vec<PathBuf>,
     pub threads: Option<usize>,
     pub cache: Option<PathBuf>,
+    pub webhook: Option<String>,
 }
 
 impl Settings {
@@ -180,6 +183,7 @@ pub fn load(root: &Path, overrides: &SettingsFile, files: &mut Files) -> Result<
         allow_paths,
         threads: overrides.threads.or(file.threads),
         cache,
+        webhook: pick(&overrides.webhook, &file.webhook),
     })
 }
 

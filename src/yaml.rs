@@ -238,6 +238,8 @@ pub struct YamlAlert {
     pub keep: Option<String>,
     /// `enquiries >= 30`: not evaluated in periods where this metric is smaller.
     pub volume: Option<String>,
+    /// Where the alert's changes of state are posted (a URL).
+    pub webhook: Option<String>,
 }
 
 /// A name, or a list of names.
@@ -770,6 +772,10 @@ fn alert(ctx: &Ctx, name: &str, a: &YamlAlert) -> Result<AlertDef, Diagnostic> {
             .map(|m| Spanned::new(m.clone(), ctx.value_span(&path("message"), m))),
         keep,
         volume,
+        webhook: a
+            .webhook
+            .as_ref()
+            .map(|w| Spanned::new(w.clone(), ctx.value_span(&path("webhook"), w))),
         span: ctx.key_span(&base),
     })
 }

@@ -1923,6 +1923,14 @@ impl<'a> Resolver<'a> {
             None => None,
             Some((m, n)) => Some((metric(self, m)?, n.value)),
         };
+        if let Some(w) = &a.webhook
+            && !(w.value.starts_with("http://") || w.value.starts_with("https://"))
+        {
+            let d = Diagnostic::error("E0582", format!("`{}` is not an http or https address", w.value))
+                .at(w.span, "a webhook is a URL");
+            self.error(d);
+            return Err(());
+        }
         Ok(Alert {
             name: a.name.value.clone(),
             span: a.name.span,
@@ -1931,6 +1939,7 @@ impl<'a> Resolver<'a> {
             periods,
             keep,
             volume,
+            webhook: a.webhook.as_ref().map(|w| w.value.clone()),
             severity,
             message,
             dimensions,

@@ -174,6 +174,8 @@ pub struct Alert {
     pub keep: u32,
     /// Not evaluated in periods where this metric is below this volume.
     pub volume: Option<(MetricId, f64)>,
+    /// Where its changes of state are posted.
+    pub webhook: Option<String>,
     /// The severity of a condition without levels.
     pub severity: AlertSeverity,
     /// A minijinja template.

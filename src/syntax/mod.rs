@@ -384,6 +384,7 @@ impl Ctx {
             message: None,
             keep: None,
             volume: None,
+            webhook: None,
             span,
         };
         for clause in inner {
@@ -404,6 +405,11 @@ impl Ctx {
                     a.message = Some(Spanned::new(unescape(m), mspan));
                 }
                 Rule::per_clause => a.per = Some(self.name(c.into_inner().nth(1).expect("grain"))),
+                Rule::webhook_clause => {
+                    let w = c.into_inner().nth(1).expect("url");
+                    let wspan = self.span(w.as_span());
+                    a.webhook = Some(Spanned::new(unescape(w), wspan));
+                }
                 Rule::keep_clause => {
                     let d = c.into_inner().nth(1).expect("duration");
                     let span = self.span(d.as_span());

@@ -472,3 +472,90 @@ fn definition_tests_fail_clearly() {
     assert!(!out.contains("panicked"), "{out}");
     insta::assert_snapshot!("definition_tests", out);
 }
+
+/// Changes of state are posted to the alert's webhook as JSON, with retries; a delivery that
+/// fails is reported and sent again on the next run.
+#[test]
+fn alert_webhooks_deliver_changes_and_retry_next_run() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bodies: Arc<Mutex<Vec<String>>> = Arc::default();
+    let failures_left = Arc::new(AtomicUsize::new(usize::MAX));
+    let requests = Arc::new(AtomicUsize::new(0));
+    {
+        let (bodies, failures_left, requests) = (bodies.clone(), failures_left.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                requests.fetch_add(1, Ordering::SeqCst);
+                let fail = failures_left.load(Ordering::SeqCst) > 0;
+                if fail {
+                    failures_left.fetch_sub(1, Ordering::SeqCst);
+                } else {
+                    bodies.lock().unwrap().push(String::from_utf8_lossy(&body).to_string());
+                }
+                let status = if fail { "500 Internal Server Error" } else { "200 OK" };
+                let _ = reader.get_mut().write_all(
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
+                );
+            }
+        });
+    }
+    let metrics = dsl(&format!(
+        "metric paid = sum(orders.amount)\nalert low_paid {{ when paid < 100 per month webhook \"http://127.0.0.1:{port}/hook\" }}\n"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    write_files(
+        dir.path(),
+        &[("orders.csv", ORDERS.as_bytes()), ("m.tally", metrics.as_bytes())],
+    );
+    let run = |as_of: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(["alerts", "--as-of", as_of, "--color=never", "--project"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let state = dir.path().join(".tally/alert-state.json");
+    // The server fails every request: three attempts, a warning, the notification kept.
+    let (code, stderr) = run("2026-01-31");
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("W0803") && stderr.contains("sent again on the next run"),
+        "{stderr}"
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+    let kept: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(kept["pending"].as_array().unwrap().len(), 1);
+    // The server works again: the next run delivers the pending change (the alert is still
+    // firing, which is not news) and the state has nothing pending.
+    failures_left.store(0, Ordering::SeqCst);
+    let (code, stderr) = run("2026-02-28");
+    assert_eq!(code, Some(1));
+    assert!(!stderr.contains("W0803"), "{stderr}");
+    let delivered = bodies.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 1);
+    let body: serde_json::Value = serde_json::from_str(&delivered[0]).unwrap();
+    assert_eq!(body["alert"], "low_paid");
+    assert_eq!(body["state"], "new");
+    assert_eq!(body["period"], "2026-01-01");
+    assert_eq!(body["value"], 30.5);
+    let kept: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert!(kept.get("pending").is_none());
+}
