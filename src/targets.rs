@@ -117,6 +117,21 @@ pub async fn evaluate(
             ..Query::default()
         };
         if let Some(deadline) = t.deadline {
+            // A deadline before the first row of data cannot be worked towards.
+            let mut measures = Vec::new();
+            model.measures_of(t.metric, &mut measures);
+            let mut sources: Vec<_> = measures.iter().map(|&m| model.measures[m].source).collect();
+            sources.dedup();
+            if let Some((first, _)) = crate::run::data_range(ctx, model, settings, &sources).await?
+                && deadline < first
+            {
+                return Err(Diagnostic::error(
+                    "E0583",
+                    format!("the deadline {deadline} is before the data of `{metric}` starts ({first})"),
+                )
+                .at(t.span, "this target")
+                .note("a deadline target adds the metric up to its deadline: give it a date the data reaches"));
+            }
             let start = t.from.unwrap_or_else(|| calendar.period_start(deadline, Grain::Year));
             let level = t.level.at(start);
             let end = as_of.min(deadline);

@@ -559,3 +559,18 @@ fn alert_webhooks_deliver_changes_and_retry_next_run() {
     let kept: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert!(kept.get("pending").is_none());
 }
+
+/// A deadline before the data starts: a definition error (exit code 3) when targets are
+/// evaluated (`check` scans no data).
+#[test]
+fn target_deadline_before_the_data() {
+    let metrics = dsl("metric paid = sum(orders.amount)\ntarget paid = 100 by 2025-06-30\n");
+    let (code, _, stderr) = run_in(
+        &[("orders.csv", ORDERS.as_bytes()), ("m.tally", metrics.as_bytes())],
+        &["targets", "--as-of", "2026-01-31"],
+    );
+    insta::assert_snapshot!(
+        "target_deadline_before_the_data",
+        format!("exit code: {code}\n{stderr}")
+    );
+}

@@ -747,10 +747,15 @@ fn alerts_fire_on_complete_periods() {
         mid.iter().find(|r| r.name == "revenue_low").unwrap().period.to_string(),
         "2024-03-01"
     );
+    // Against the same month of 2023: March 115 - 20 = 95 (not above 100), February 250 - 10.
+    assert_eq!(firing(&mar, "revenue_up_on_last_year"), []);
+    let up = mar.iter().find(|r| r.name == "revenue_up_on_last_year").unwrap();
+    assert_eq!((up.value, up.earlier), (s(115.), s(20.)));
     // February: 250, no alert; its target is met.
     let feb = alerts_as_of(&env, "2024-02-29");
     assert_eq!(firing(&feb, "revenue_fell"), []);
     assert_eq!(firing(&feb, "revenue_off"), []);
+    assert_eq!(firing(&feb, "revenue_up_on_last_year"), [(String::new(), Warning)]);
 
     // Two weeks in a row without sales: the weeks of 11 and 18 March.
     let quiet = alerts_as_of(&env, "2024-03-24");
