@@ -781,16 +781,27 @@ impl Transition {
     }
 }
 
-/// Reads the state file; a missing one is a fresh state, a corrupt one a fresh state and a
-/// warning.
+/// Reads the state file; a missing or corrupt one is a fresh state, with a warning.
 pub fn load_state(path: &Path) -> (AlertState, Option<Diagnostic>) {
+    load_state_shown(path, &path.display().to_string())
+}
+
+/// [`load_state`], naming the file as `shown` in warnings.
+pub fn load_state_shown(path: &Path, shown: &str) -> (AlertState, Option<Diagnostic>) {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (AlertState::default(), None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let d = Diagnostic::data(
+                "W0804",
+                format!("no alert state at {shown} yet; starting afresh (every firing alert is new)"),
+            )
+            .warning();
+            return (AlertState::default(), Some(d));
+        }
         Err(e) => {
             let d = Diagnostic::data(
                 "W0802",
-                format!("cannot read the alert state {}: {e}; starting afresh", path.display()),
+                format!("cannot read the alert state {shown}: {e}; starting afresh"),
             )
             .warning();
             return (AlertState::default(), Some(d));
@@ -801,10 +812,7 @@ pub fn load_state(path: &Path) -> (AlertState, Option<Diagnostic>) {
         Err(e) => {
             let d = Diagnostic::data(
                 "W0801",
-                format!(
-                    "the alert state {} is not readable ({e}); starting afresh",
-                    path.display()
-                ),
+                format!("the alert state {shown} is not readable ({e}); starting afresh"),
             )
             .warning();
             (AlertState::default(), Some(d))

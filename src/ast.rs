@@ -382,11 +382,13 @@ pub struct ExpectDef {
     pub span: Span,
 }
 
-/// `{alert, firing, by}`
+/// `{alert, firing, by, as_of}`
 #[derive(Debug, Clone)]
 pub struct AlertExpectDef {
     pub alert: Name,
     pub firing: bool,
+    /// The day evaluated at (default: the test's `as_of`).
+    pub as_of: Option<Spanned<NaiveDate>>,
     pub by: Vec<(Name, Option<String>)>,
     pub span: Span,
 }

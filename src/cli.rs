@@ -666,7 +666,7 @@ async fn alerts(
     let (previous, warning) = if no_state {
         (Default::default(), None)
     } else {
-        tally::alerts::load_state(&state_path)
+        tally::alerts::load_state_shown(&state_path, &settings.display(&state_path))
     };
     warnings.extend(warning);
     let (mut next, changes) = tally::alerts::transition(&previous, &results);

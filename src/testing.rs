@@ -369,42 +369,45 @@ async fn run_one(
             ));
         }
     }
-    if !test.alerts.is_empty() {
-        let Some(as_of) = &test.as_of else {
+    let mut evaluated: HashMap<chrono::NaiveDate, Vec<crate::alerts::AlertResult>> = HashMap::new();
+    for a in &test.alerts {
+        outcome.checks += 1;
+        let Some(as_of) = a.as_of.as_ref().or(test.as_of.as_ref()).map(|d| d.value) else {
             return Err(vec![
-                Diagnostic::error("E0594", "a test of alerts needs `as_of`")
-                    .at(test.name.span, "evaluated as of which day?"),
+                Diagnostic::error("E0594", "an expected alert state needs an `as_of` day")
+                    .at(a.span, "evaluated as of which day?")
+                    .note("give the test (or this expectation) `as_of: YYYY-MM-DD`"),
             ]);
         };
-        let results = crate::alerts::evaluate(&ctx, &model, files, &settings, as_of.value)
-            .await
-            .map_err(|d| vec![d])?;
-        for a in &test.alerts {
-            outcome.checks += 1;
-            if !model.alerts.iter().any(|x| x.name == a.alert.value) {
-                return Err(vec![
-                    Diagnostic::error("E0595", format!("unknown alert `{}`", a.alert.value))
-                        .at(a.alert.span, "no alert of this name")
-                        .suggest(&a.alert.value, model.alerts.iter().map(|x| x.name.as_str())),
-                ]);
-            }
-            let firing = results.iter().any(|r| {
-                r.name == a.alert.value
-                    && r.firing.is_some()
-                    && a.by
-                        .iter()
-                        .all(|(d, v)| r.dimensions.iter().any(|(n, x)| *n == d.value && x == v))
-            });
-            if firing != a.firing {
-                let word = |f: bool| if f { "firing" } else { "not firing" };
-                outcome.failures.push(format!(
-                    "alert {} as of {}: expected {}, got {}",
-                    a.alert.value,
-                    as_of.value,
-                    word(a.firing),
-                    word(firing)
-                ));
-            }
+        if !model.alerts.iter().any(|x| x.name == a.alert.value) {
+            return Err(vec![
+                Diagnostic::error("E0595", format!("unknown alert `{}`", a.alert.value))
+                    .at(a.alert.span, "no alert of this name")
+                    .suggest(&a.alert.value, model.alerts.iter().map(|x| x.name.as_str())),
+            ]);
+        }
+        if let std::collections::hash_map::Entry::Vacant(slot) = evaluated.entry(as_of) {
+            let results = crate::alerts::evaluate(&ctx, &model, files, &settings, as_of)
+                .await
+                .map_err(|d| vec![d])?;
+            slot.insert(results);
+        }
+        let results = &evaluated[&as_of];
+        let firing = results.iter().any(|r| {
+            r.name == a.alert.value
+                && r.firing.is_some()
+                && a.by
+                    .iter()
+                    .all(|(d, v)| r.dimensions.iter().any(|(n, x)| *n == d.value && x == v))
+        });
+        if firing != a.firing {
+            let word = |f: bool| if f { "firing" } else { "not firing" };
+            outcome.failures.push(format!(
+                "alert {} as of {as_of}: expected {}, got {}",
+                a.alert.value,
+                word(a.firing),
+                word(firing)
+            ));
         }
     }
     Ok(outcome)

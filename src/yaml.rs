@@ -84,6 +84,7 @@ struct YamlExpect {
 struct YamlAlertExpect {
     alert: String,
     firing: bool,
+    as_of: Option<YamlDate>,
     #[serde(default)]
     by: IndexMap<String, Option<String>>,
 }
@@ -183,25 +184,32 @@ pub fn parse_tests(file: FileId, text: &str) -> (Vec<crate::ast::TestDef>, Vec<D
                 span,
             });
         }
-        let alerts = t
-            .alerts
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let idx = i.to_string();
-                let path = [&base[..], &["alerts", idx.as_str()]].concat();
-                let span = ctx.key_span(&path);
-                AlertExpectDef {
-                    alert: Spanned::new(
-                        a.alert.clone(),
-                        ctx.value_span(&[&path[..], &["alert"]].concat(), &a.alert),
-                    ),
-                    firing: a.firing,
-                    by: names(&a.by, span),
-                    span,
-                }
-            })
-            .collect();
+        let mut alerts = Vec::new();
+        for (i, a) in t.alerts.iter().enumerate() {
+            let idx = i.to_string();
+            let path = [&base[..], &["alerts", idx.as_str()]].concat();
+            let span = ctx.key_span(&path);
+            let as_of = match &a.as_of {
+                Some(d) => match date(&[&path[..], &["as_of"]].concat(), d) {
+                    Ok(d) => Some(d),
+                    Err(d) => {
+                        diags.push(d);
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            alerts.push(AlertExpectDef {
+                alert: Spanned::new(
+                    a.alert.clone(),
+                    ctx.value_span(&[&path[..], &["alert"]].concat(), &a.alert),
+                ),
+                firing: a.firing,
+                as_of,
+                by: names(&a.by, span),
+                span,
+            });
+        }
         out.push(TestDef {
             name: Spanned::new(name.clone(), ctx.key_span(&base)),
             as_of,

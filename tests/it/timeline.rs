@@ -799,9 +799,10 @@ fn alert_state_says_what_changed() {
     let env = env();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(".tally/alert-state.json");
-    // Missing: a fresh state, no warning.
+    // Missing: a fresh state, and a warning that says so.
     let (state, warning) = load_state(&path);
-    assert!(state.alerts.is_empty() && warning.is_none());
+    assert!(state.alerts.is_empty());
+    assert!(warning.unwrap().message.contains("starting afresh"));
     let mar = alerts_as_of(&env, "2024-03-31");
     let (next, changes) = transition(&state, &mar);
     assert!(changes.iter().all(|c| c.1 == Transition::New));
