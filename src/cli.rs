@@ -199,6 +199,7 @@ pub enum CheckFormat {
     Human,
     Json,
     Github,
+    Sarif,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -402,6 +403,11 @@ async fn check(g: &Global, format: CheckFormat, color: bool) -> Outcome {
         },
         CheckFormat::Github => Outcome {
             stdout: diagnostic::render_github(&files, &diags),
+            stderr: String::new(),
+            code,
+        },
+        CheckFormat::Sarif => Outcome {
+            stdout: serde_json::to_string_pretty(&diagnostic::render_sarif(&files, &diags)).unwrap_or_default() + "\n",
             stderr: String::new(),
             code,
         },

@@ -222,6 +222,63 @@ pub fn render_json(files: &Files, diagnostics: &[Diagnostic]) -> serde_json::Val
     serde_json::json!({ "diagnostics": items })
 }
 
+/// SARIF 2.1.0, for code-scanning tools: one run of tally, one result per diagnostic, each
+/// rule (code) listed once.
+pub fn render_sarif(files: &Files, diagnostics: &[Diagnostic]) -> serde_json::Value {
+    let mut rules: Vec<&str> = diagnostics.iter().map(|d| d.code).collect();
+    rules.sort();
+    rules.dedup();
+    let results: Vec<serde_json::Value> = diagnostics
+        .iter()
+        .map(|d| {
+            let mut text = d.message.clone();
+            for n in &d.notes {
+                text.push_str(&format!("\n{n}"));
+            }
+            let locations: Vec<serde_json::Value> = match (&d.primary, &d.data_file) {
+                (Some(p), _) => {
+                    let file = files.get(p.span.file);
+                    let (line, column) = file.line_col(p.span.start as usize);
+                    let (end_line, end_column) = file.line_col(p.span.end as usize);
+                    vec![serde_json::json!({
+                        "physicalLocation": {
+                            "artifactLocation": { "uri": file.name.replace('\\', "/") },
+                            "region": {
+                                "startLine": line, "startColumn": column,
+                                "endLine": end_line, "endColumn": end_column,
+                            }
+                        },
+                        "message": { "text": p.message },
+                    })]
+                }
+                (None, Some(f)) => vec![serde_json::json!({
+                    "physicalLocation": { "artifactLocation": { "uri": f.replace('\\', "/") } }
+                })],
+                _ => Vec::new(),
+            };
+            serde_json::json!({
+                "ruleId": d.code,
+                "ruleIndex": rules.iter().position(|r| *r == d.code),
+                "level": match d.severity { Severity::Error => "error", Severity::Warning => "warning" },
+                "message": { "text": text },
+                "locations": locations,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": { "driver": {
+                "name": "tally",
+                "version": env!("CARGO_PKG_VERSION"),
+                "rules": rules.iter().map(|r| serde_json::json!({ "id": r })).collect::<Vec<_>>(),
+            }},
+            "results": results,
+        }]
+    })
+}
+
 /// GitHub workflow annotations (`::error file=...,line=...::message`).
 pub fn render_github(files: &Files, diagnostics: &[Diagnostic]) -> String {
     let mut out = String::new();

@@ -221,6 +221,11 @@ fn json_and_github_formats() {
     let (code, stdout, _) = run_in(files, &["check", "--format", "github"]);
     assert_eq!(code, 3);
     insta::assert_snapshot!("check_github", stdout);
+    let (code, stdout, _) = run_in(files, &["check", "--format", "sarif"]);
+    assert_eq!(code, 3);
+    let sarif: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(sarif["version"], "2.1.0");
+    insta::assert_snapshot!("check_sarif", stdout);
 }
 case!(non_ascii_text_before_an_error, &[
     ("s.tally", SOURCE.as_bytes()),
