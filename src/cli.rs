@@ -273,15 +273,12 @@ pub async fn run(cli: Cli) -> Outcome {
         }
         Command::Test { format } => test(&cli.global, format, color).await,
         Command::Alerts {
-            as_of,
-            fail_on,
             format,
-            no_state,
             backtest: true,
             from,
             to,
+            ..
         } => {
-            let _ = (as_of, fail_on, no_state);
             let loaded = match load(&cli.global, color).await {
                 Ok(l) => l,
                 Err(o) => return o,
