@@ -123,7 +123,7 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "human")]
         format: ListFormat,
     },
-    /// List sources (with columns), dimensions, metrics and targets.
+    /// List sources (with columns), dimensions, metrics, targets and alerts.
     List {
         #[arg(long, value_enum, default_value = "human")]
         format: ListFormat,
@@ -1136,7 +1136,12 @@ fn list(l: &Loaded, format: ListFormat) -> Outcome {
             .iter()
             .map(|t| serde_json::json!({"metric": m.metrics[t.metric].name, "definition": t.text, "per": t.grain.name()}))
             .collect();
-        let v = serde_json::json!({"sources": sources, "dimensions": dims, "metrics": metrics, "targets": targets});
+        let alerts: Vec<_> = m
+            .alerts
+            .iter()
+            .map(|a| serde_json::json!({"name": a.name, "per": a.grain.name(), "severity": a.severity.name(), "location": l.project.files.location(a.span)}))
+            .collect();
+        let v = serde_json::json!({"sources": sources, "dimensions": dims, "metrics": metrics, "targets": targets, "alerts": alerts});
         return Outcome {
             stdout: serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
             ..Outcome::default()
@@ -1175,6 +1180,18 @@ fn list(l: &Loaded, format: ListFormat) -> Outcome {
         out.push_str("targets:\n");
         for t in &m.targets {
             out.push_str(&format!("  {}\n", t.text));
+        }
+    }
+    if !m.alerts.is_empty() {
+        out.push_str("alerts:\n");
+        for a in &m.alerts {
+            out.push_str(&format!(
+                "  {:<24} per {}, {}  ({})\n",
+                a.name,
+                a.grain.name(),
+                a.severity.name(),
+                l.project.files.location(a.span)
+            ));
         }
     }
     Outcome {
