@@ -16,8 +16,7 @@ pub struct Definitions {
     pub metrics: Vec<MetricDef>,
     pub targets: Vec<TargetDef>,
     pub alerts: Vec<AlertDef>,
-    /// Reports: read, not yet evaluated.
-    pub deferred: Vec<DeferredDef>,
+    pub reports: Vec<ReportDef>,
 }
 
 impl Definitions {
@@ -27,7 +26,7 @@ impl Definitions {
         self.metrics.extend(other.metrics);
         self.targets.extend(other.targets);
         self.alerts.extend(other.alerts);
-        self.deferred.extend(other.deferred);
+        self.reports.extend(other.reports);
     }
 }
 
@@ -134,12 +133,16 @@ pub struct ThresholdDef {
     pub severity: Option<Name>,
 }
 
-/// A report: kept whole for the stage that builds it.
+/// `report NAME "Title" { grain: week range: last 26 weeks metrics: [...] by: channel }`
 #[derive(Debug, Clone)]
-pub struct DeferredDef {
-    /// `target`, `alert` or `report`.
-    pub kind: &'static str,
+pub struct ReportDef {
     pub name: Name,
+    pub title: Option<Spanned<String>>,
+    pub description: Option<Spanned<String>>,
+    pub grain: Option<Name>,
+    pub range: Option<Spanned<String>>,
+    pub metrics: Vec<Name>,
+    pub by: Vec<Name>,
     pub span: Span,
 }
 

@@ -1182,6 +1182,19 @@ fn list(l: &Loaded, format: ListFormat) -> Outcome {
             out.push_str(&format!("  {}\n", t.text));
         }
     }
+    if !m.reports.is_empty() {
+        out.push_str("reports:\n");
+        for r in &m.reports {
+            let metrics: Vec<&str> = r.metrics.iter().map(|&x| m.metrics[x].name.as_str()).collect();
+            out.push_str(&format!(
+                "  {:<24} per {}{}: {}\n",
+                r.name,
+                r.grain.name(),
+                r.range.as_deref().map(|x| format!(", {x}")).unwrap_or_default(),
+                metrics.join(", ")
+            ));
+        }
+    }
     if !m.alerts.is_empty() {
         out.push_str("alerts:\n");
         for a in &m.alerts {

@@ -5,8 +5,8 @@
 //! byte offsets so that expressions inside YAML report `file:line:col` of the YAML file.
 
 use crate::ast::{
-    AlertDef, Amount, DeferredDef, Definitions, DimensionDef, Format, GoalDef, JoinDef, LevelDef, LevelKind, Meta,
-    MetricDef, SourceDef, TargetDef,
+    AlertDef, Amount, Definitions, DimensionDef, Format, GoalDef, JoinDef, LevelDef, LevelKind, Meta, MetricDef,
+    SourceDef, TargetDef,
 };
 use crate::diagnostic::Diagnostic;
 use crate::span::{FileId, Span, Spanned};
@@ -41,10 +41,9 @@ pub struct YamlFile {
     /// Conditions over metric series.
     #[serde(default)]
     pub alerts: IndexMap<String, YamlAlert>,
-    /// Report pages (read, not yet evaluated).
+    /// Report pages.
     #[serde(default)]
-    #[schemars(with = "Option<IndexMap<String, serde_json::Value>>")]
-    pub reports: Option<IndexMap<String, serde_yaml::Value>>,
+    pub reports: IndexMap<String, YamlReport>,
 }
 
 /// A file of tests: `tests:` maps names to tests.
@@ -220,6 +219,23 @@ pub fn parse_tests(file: FileId, text: &str) -> (Vec<crate::ast::TestDef>, Vec<D
         });
     }
     (out, diags)
+}
+
+/// A page of metrics.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct YamlReport {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    /// day, week (default), month, quarter or year.
+    pub grain: Option<String>,
+    /// A range relative to the day the report is made: `last 26 weeks`, `this quarter`, ...
+    pub range: Option<String>,
+    /// The metrics shown, in order.
+    pub metrics: Vec<String>,
+    /// Breakdowns.
+    #[serde(default)]
+    pub by: YamlNames,
 }
 
 /// A condition over a metric's series (or a source's freshness).
@@ -536,12 +552,28 @@ pub fn parse_file(file: FileId, text: &str) -> (Definitions, Vec<Diagnostic>) {
             Err(d) => diags.push(d),
         }
     }
-    for name in parsed.reports.iter().flat_map(|m| m.keys()) {
-        let span = ctx.key_span(&["reports", name.as_str()]);
-        defs.deferred.push(DeferredDef {
-            kind: "report",
-            name: Spanned::new(name.clone(), span),
-            span,
+    for (name, r) in &parsed.reports {
+        let base = ["reports", name.as_str()];
+        let at = |key: &str| ctx.key_span(&[&base[..], &[key]].concat());
+        let value = |key: &str, v: &String| Spanned::new(v.clone(), ctx.value_span(&[&base[..], &[key]].concat(), v));
+        let by = match &r.by {
+            YamlNames::None => Vec::new(),
+            YamlNames::One(n) => vec![n.clone()],
+            YamlNames::Many(v) => v.clone(),
+        };
+        defs.reports.push(crate::ast::ReportDef {
+            name: Spanned::new(name.clone(), ctx.key_span(&base)),
+            title: r.title.as_ref().map(|t| value("title", t)),
+            description: r.description.as_ref().map(|t| value("description", t)),
+            grain: r.grain.as_ref().map(|g| value("grain", g)),
+            range: r.range.as_ref().map(|g| value("range", g)),
+            metrics: r
+                .metrics
+                .iter()
+                .map(|m| Spanned::new(m.clone(), at("metrics")))
+                .collect(),
+            by: by.into_iter().map(|b| Spanned::new(b, at("by"))).collect(),
+            span: ctx.key_span(&base),
         });
     }
     (defs, diags)
@@ -567,7 +599,7 @@ fn read(file: FileId, text: &str, loc: &Locator, diags: &mut Vec<Diagnostic>) ->
         targets: Vec::new(),
         target_index: Vec::new(),
         alerts: IndexMap::new(),
-        reports: None,
+        reports: IndexMap::new(),
     };
     let at = |path: &[&str]| match loc.get(path) {
         Some(e) => Span::new(file, e.key_start, e.key_end),
@@ -622,7 +654,7 @@ fn read(file: FileId, text: &str, loc: &Locator, diags: &mut Vec<Diagnostic>) ->
                 ),
             },
             "alerts" => out.alerts = entries(file, loc, "alerts", v, diags),
-            "reports" => out.reports = Some(entries(file, loc, "reports", v, diags)),
+            "reports" => out.reports = entries(file, loc, "reports", v, diags),
             other => diags.push(
                 Diagnostic::error("E0203", format!("unknown key `{other}`"))
                     .at(at(&[other]), "unknown keys are errors")

@@ -95,19 +95,7 @@ pub async fn resolve(
     r.time_checks(&metrics);
     let targets = r.targets(settings, &metrics);
     let alerts = r.alerts(&metrics, &targets);
-    for d in &defs.deferred {
-        r.diags.push(
-            Diagnostic::error(
-                "W0001",
-                format!(
-                    "{} `{}` is read but not evaluated by this version of tally",
-                    d.kind, d.name.value
-                ),
-            )
-            .warning()
-            .at(d.name.span, format!("{}s are not evaluated yet", d.kind)),
-        );
-    }
+    let reports = r.reports();
     let failed = r.diags.iter().any(|d| d.severity == Severity::Error);
     let diags = std::mem::take(&mut r.diags);
     if failed {
@@ -121,7 +109,7 @@ pub async fn resolve(
         measures: r.measures,
         targets,
         alerts,
-        deferred: defs.deferred.clone(),
+        reports,
         source_index: r.source_index,
         dimension_index: r.dim_index,
         metric_index: r.metric_index,
@@ -1403,6 +1391,89 @@ impl<'a> Resolver<'a> {
         let x = self.row_expr(f, base)?;
         self.expect(&x, ValueType::Bool, f.span, "a filter must be a condition")?;
         Ok(x)
+    }
+
+    /// Reports: their metrics and dimensions exist, their grain and range are ones tally
+    /// knows.
+    fn reports(&mut self) -> Vec<Report> {
+        let defs = self.defs;
+        let mut out = Vec::new();
+        let mut seen: HashMap<&str, Span> = HashMap::new();
+        'reports: for d in &defs.reports {
+            if let Some(prev) = seen.insert(d.name.value.as_str(), d.name.span) {
+                let e = Diagnostic::error("E0502", format!("report `{}` is defined twice", d.name.value))
+                    .at(d.name.span, "defined again here")
+                    .also(prev, "first defined here");
+                self.error(e);
+                continue;
+            }
+            let grain = match &d.grain {
+                None => Grain::Week,
+                Some(g) => match Grain::parse(&g.value) {
+                    Some(g) => g,
+                    None => {
+                        let e = Diagnostic::error("E0545", format!("`{}` is not a period", g.value))
+                            .at(g.span, "expected day, week, month, quarter or year")
+                            .suggest(&g.value, Grain::ALL.iter().map(|g| g.name()));
+                        self.error(e);
+                        continue;
+                    }
+                },
+            };
+            if let Some(range) = &d.range {
+                let any_day = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("a date");
+                if let Err(why) = crate::time::relative_range(&range.value, any_day, &crate::time::Calendar::default())
+                {
+                    let e = Diagnostic::error("E0584", why).at(range.span, "not a range");
+                    self.error(e);
+                    continue;
+                }
+            }
+            if d.metrics.is_empty() {
+                let e = Diagnostic::error("E0585", format!("report `{}` shows no metric", d.name.value))
+                    .at(d.name.span, "no `metrics`")
+                    .note("e.g. `metrics: [enquiries, conversion, revenue]`");
+                self.error(e);
+                continue;
+            }
+            let mut metrics = Vec::new();
+            for m in &d.metrics {
+                match self.metric_index.get(&m.value) {
+                    Some(&id) => metrics.push(id),
+                    None => {
+                        let e = Diagnostic::error("E0521", format!("unknown metric `{}`", m.value))
+                            .at(m.span, "no metric of this name")
+                            .suggest(&m.value, self.metric_index.keys().map(|s| s.as_str()));
+                        self.error(e);
+                        continue 'reports;
+                    }
+                }
+            }
+            let mut dimensions = Vec::new();
+            for b in &d.by {
+                match self.dim_index.get(&b.value) {
+                    Some(&id) => dimensions.push(id),
+                    None => {
+                        let e = Diagnostic::error("E0576", format!("unknown dimension `{}`", b.value))
+                            .at(b.span, "no dimension of this name")
+                            .suggest(&b.value, self.dim_index.keys().map(|s| s.as_str()));
+                        self.error(e);
+                        continue 'reports;
+                    }
+                }
+            }
+            out.push(Report {
+                name: d.name.value.clone(),
+                span: d.name.span,
+                title: d.title.as_ref().map(|t| t.value.clone()),
+                description: d.description.as_ref().map(|t| t.value.clone()),
+                grain,
+                range: d.range.as_ref().map(|r| r.value.clone()),
+                metrics,
+                dimensions,
+            });
+        }
+        out
     }
 
     /// Targets: the metric exists and has time; levels fit its unit (a percent for a

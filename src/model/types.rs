@@ -1,6 +1,6 @@
 //! The typed model: every name resolved, every expression typed.
 
-use crate::ast::{BinOp, DeferredDef, Direction, Format};
+use crate::ast::{BinOp, Direction, Format};
 use crate::data::SourceData;
 use crate::span::Span;
 use crate::time::Grain;
@@ -81,7 +81,7 @@ pub struct Model {
     pub measures: Vec<Measure>,
     pub targets: Vec<Target>,
     pub alerts: Vec<Alert>,
-    pub deferred: Vec<DeferredDef>,
+    pub reports: Vec<Report>,
     pub(crate) source_index: HashMap<String, SourceId>,
     pub(crate) dimension_index: HashMap<String, DimensionId>,
     pub(crate) metric_index: HashMap<String, MetricId>,
@@ -158,6 +158,21 @@ impl Model {
         }
         None
     }
+}
+
+/// A page of metrics: a grain, a range relative to the day it is made, a breakdown.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub name: String,
+    pub span: Span,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    /// Default: week.
+    pub grain: Grain,
+    /// `last 26 weeks` (see [`crate::time::relative_range`]); `None`: all the data.
+    pub range: Option<String>,
+    pub metrics: Vec<MetricId>,
+    pub dimensions: Vec<DimensionId>,
 }
 
 /// A condition over a metric's series (or a source's freshness) that fires an alert.

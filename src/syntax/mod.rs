@@ -5,8 +5,9 @@
 //! each definition is parsed alone, so one run reports every broken definition of a file.
 
 use crate::ast::{
-    AlertDef, Amount, BinOp, ConditionDef, ConversionExpr, DeferredDef, Definitions, DimensionDef, Direction, Expr,
-    ExprKind, Format, GoalDef, JoinDef, LevelDef, LevelKind, Meta, MetricDef, Name, SourceDef, TargetDef, ThresholdDef,
+    AlertDef, Amount, BinOp, ConditionDef, ConversionExpr, Definitions, DimensionDef, Direction, Expr, ExprKind,
+    Format, GoalDef, JoinDef, LevelDef, LevelKind, Meta, MetricDef, Name, ReportDef, SourceDef, TargetDef,
+    ThresholdDef,
 };
 use crate::diagnostic::Diagnostic;
 use crate::span::{FileId, Span, Spanned};
@@ -77,7 +78,7 @@ pub fn parse_file(file: FileId, text: &str) -> (Definitions, Vec<Diagnostic>) {
         && defs.metrics.is_empty()
         && defs.targets.is_empty()
         && defs.alerts.is_empty()
-        && defs.deferred.is_empty();
+        && defs.reports.is_empty();
     if empty && diags.is_empty() {
         diags.push(
             Diagnostic::error("E0103", "this definition file defines nothing")
@@ -297,14 +298,7 @@ impl Ctx {
             }
             Rule::target_def => defs.targets.push(self.target(pair)?),
             Rule::alert_def => defs.alerts.push(self.alert(pair)?),
-            Rule::deferred_def => {
-                let span = self.span(pair.as_span());
-                let mut inner = pair.into_inner();
-                inner.next(); // kw_report
-                let kind = "report";
-                let name = self.name(inner.next().expect("name"));
-                defs.deferred.push(DeferredDef { kind, name, span });
-            }
+            Rule::report_def => defs.reports.push(self.report(pair)?),
             Rule::EOI => {}
             r => unreachable!("item rule {r:?}"),
         }
@@ -364,6 +358,67 @@ impl Ctx {
             }
         }
         Ok(t)
+    }
+
+    fn report(&self, pair: Pair<Rule>) -> Result<ReportDef> {
+        let text = pair.as_str();
+        let whole = self.span(pair.as_span());
+        let start = whole.start as usize;
+        let span = Span::new(whole.file, start, start + text.trim_end().len());
+        let mut inner = pair.into_inner();
+        inner.next(); // kw_report
+        let name = self.name(inner.next().expect("report name"));
+        let mut r = ReportDef {
+            name,
+            title: None,
+            description: None,
+            grain: None,
+            range: None,
+            metrics: Vec::new(),
+            by: Vec::new(),
+            span,
+        };
+        for p in inner {
+            match p.as_rule() {
+                Rule::label => {
+                    let s = p.into_inner().next().expect("string");
+                    let sspan = self.span(s.as_span());
+                    r.title = Some(Spanned::new(unescape(s), sspan));
+                }
+                Rule::report_range => {
+                    let t = p.into_inner().nth(1).expect("range");
+                    let trimmed = t.as_str().trim_end();
+                    let tspan = self.span(t.as_span());
+                    let tspan = Span::new(tspan.file, tspan.start as usize, tspan.start as usize + trimmed.len());
+                    r.range = Some(Spanned::new(trimmed.to_string(), tspan));
+                }
+                _ => {
+                    let mut i = p.into_inner();
+                    let key = self.name(i.next().expect("key"));
+                    let value = self.value(i.next().expect("value"));
+                    let names = |v: Value| -> Result<Vec<Name>> {
+                        match v.kind {
+                            ValueKind::List(items) => items.into_iter().map(|x| x.text()).collect(),
+                            _ => Ok(vec![v.text()?]),
+                        }
+                    };
+                    match key.value.as_str() {
+                        "title" => r.title = Some(value.text()?),
+                        "description" => r.description = Some(value.text()?),
+                        "grain" => r.grain = Some(value.text()?),
+                        "metrics" => r.metrics = names(value)?,
+                        "by" => r.by = names(value)?,
+                        other => {
+                            return Err(Diagnostic::error("E0105", format!("unknown property `{other}`"))
+                                .at(key.span, "not a property of a report")
+                                .note(format!("properties here: {}", REPORT_KEYS.join(", ")))
+                                .suggest(other, REPORT_KEYS.iter().copied()));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(r)
     }
 
     fn alert(&self, pair: Pair<Rule>) -> Result<AlertDef> {
@@ -981,6 +1036,7 @@ impl Value {
 }
 
 const SOURCE_KEYS: &[&str] = &["file", "format", "time", "key", "label", "description", "owner", "tags"];
+const REPORT_KEYS: &[&str] = &["title", "description", "grain", "range", "metrics", "by"];
 const META_KEYS: &[&str] = &["label", "description", "owner", "tags", "unit", "format", "good"];
 
 pub(crate) fn parse_direction(t: &Spanned<String>) -> Result<Direction> {
@@ -1126,7 +1182,7 @@ fn rule_words(rule: Rule) -> Option<&'static str> {
         | Rule::metric_def
         | Rule::target_def
         | Rule::alert_def
-        | Rule::deferred_def => "a definition",
+        | Rule::report_def => "a definition",
         Rule::alert_clause | Rule::when_clause => "`when`, `severity`, `message`, `per`, `by`, `keep` or `volume`",
         Rule::anomaly => "`anomaly`",
         Rule::condition | Rule::metric_condition | Rule::source_condition => "a condition",

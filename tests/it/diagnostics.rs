@@ -579,3 +579,26 @@ fn target_deadline_before_the_data() {
         format!("exit code: {code}\n{stderr}")
     );
 }
+case!(
+    reports_on_bad_input,
+    &[
+        (
+            "m.tally",
+            dsl(concat!(
+                "metric paid = sum(orders.amount)\n",
+                "dimension status = orders.status\n",
+                "report a \"A\" { metrics: [pad] }\n",
+                "report b { metrics: [paid] by: stats }\n",
+                "report c { metrics: [paid] range: last 3 fortnights }\n",
+                "report d { metrics: [paid] grain: fortnight }\n",
+                "report e { metrics: [paid] colour: red }\n",
+                "report f { grain: month }\n",
+            ))
+            .as_bytes()
+        ),
+        (
+            "r.yaml",
+            b"reports:\n  g:\n    metrics: [paid]\n    range: this quater\n  h:\n    metric: [paid]\n"
+        ),
+    ]
+);

@@ -190,8 +190,16 @@ fn summary(defs: &Definitions) -> String {
             a.message.as_ref().map(|m| &m.value),
         ));
     }
-    for d in &defs.deferred {
-        out.push_str(&format!("{} {}\n", d.kind, d.name.value));
+    for r in &defs.reports {
+        out.push_str(&format!(
+            "report {} title={:?} grain={:?} range={:?} metrics={:?} by={:?}\n",
+            r.name.value,
+            r.title.as_ref().map(|t| &t.value),
+            r.grain.as_ref().map(|g| &g.value),
+            r.range.as_ref().map(|g| &g.value),
+            r.metrics.iter().map(|m| &m.value).collect::<Vec<_>>(),
+            r.by.iter().map(|m| &m.value).collect::<Vec<_>>(),
+        ));
     }
     out
 }
