@@ -84,6 +84,13 @@ pub enum Command {
         #[arg(long = "dim")]
         dims: Vec<String>,
     },
+    /// Compute every report, target and alert as of a day and write a new report version
+    /// to `reports/<version>/` (the same inputs give the same version, written once).
+    Run {
+        /// The day (default: today in the project's time zone); no later row is read.
+        #[arg(long = "as-of")]
+        as_of: Option<String>,
+    },
     /// Run the tests of definitions (`*.test.yaml` under the definitions folder) on their
     /// fixture rows; exit code 1 when one fails. Needs no data file.
     Test {
@@ -272,6 +279,29 @@ pub async fn run(cli: Cli) -> Outcome {
             explain(loaded, &metric, by.as_deref(), &dims, color).await
         }
         Command::Test { format } => test(&cli.global, format, color).await,
+        Command::Run { as_of } => {
+            let loaded = match load(&cli.global, color).await {
+                Ok(l) => l,
+                Err(o) => return o,
+            };
+            let settings = &loaded.project.settings;
+            let files = &loaded.project.files;
+            let as_of = match date_arg(as_of.as_deref(), false, "--as-of") {
+                Ok(d) => d.unwrap_or_else(|| today(&settings.calendar())),
+                Err(d) => return Outcome::diagnostics(files, &[d], color),
+            };
+            match tally::report::run(&loaded.ctx, &loaded.model, files, settings, as_of).await {
+                Ok(w) => Outcome {
+                    stdout: format!(
+                        "{} {}/\n",
+                        if w.new { "wrote" } else { "unchanged:" },
+                        settings.display(&w.folder)
+                    ),
+                    ..Outcome::default()
+                },
+                Err(d) => Outcome::diagnostics(files, &[d], color),
+            }
+        }
         Command::Alerts {
             format,
             backtest: true,

@@ -121,6 +121,27 @@ impl SourceData {
     }
 }
 
+impl SourceData {
+    /// A hash of the contents of the files a source reads (and their names relative to the
+    /// source's base): the same data gives the same hash on any machine.
+    pub fn content_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let base = self.base();
+        let mut files = Vec::new();
+        list_files(&base, &mut files);
+        files.sort();
+        let mut hash = Sha256::new();
+        for f in files {
+            let name = f.strip_prefix(&base).unwrap_or(&f).display().to_string();
+            hash.update(format!("{name}\0").as_bytes());
+            if let Ok(bytes) = std::fs::read(&f) {
+                hash.update(Sha256::digest(&bytes));
+            }
+        }
+        format!("{:x}", hash.finalize())
+    }
+}
+
 fn list_files(p: &Path, out: &mut Vec<PathBuf>) {
     if p.is_file() {
         out.push(p.to_path_buf());

@@ -30,6 +30,7 @@ pub mod percentile;
 pub mod period;
 pub mod plan;
 pub mod project;
+pub mod report;
 pub mod run;
 pub mod settings;
 pub mod span;

@@ -602,3 +602,102 @@ case!(
         ),
     ]
 );
+
+/// `tally run`: the same inputs give the same version and byte-identical files; another
+/// as-of day another version, both listed; user text is escaped; an unwritable reports
+/// folder is a clear error and leaves nothing behind.
+#[test]
+fn report_versions() {
+    let metrics = dsl(concat!(
+        "metric paid \"Paid <script>alert(1)</script>\" = sum(orders.amount)\n",
+        "report money \"Money & <b>more</b>\" { grain: month metrics: [paid] range: last 3 months }\n",
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    write_files(
+        dir.path(),
+        &[("orders.csv", ORDERS.as_bytes()), ("m.tally", metrics.as_bytes())],
+    );
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(args)
+            .args(["--color=never", "--project"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, first, _) = run(&["run", "--as-of", "2026-01-31"]);
+    assert_eq!(code, Some(0));
+    assert!(first.starts_with("wrote reports/2026-01-31-"), "{first}");
+    let folder = dir
+        .path()
+        .join(first.trim().trim_start_matches("wrote ").trim_end_matches('/'));
+    let read = |name: &str| std::fs::read(folder.join(name)).unwrap();
+    let before: Vec<Vec<u8>> = [
+        "index.html",
+        "results.json",
+        "results.parquet",
+        "alerts.json",
+        "manifest.json",
+    ]
+    .iter()
+    .map(|n| read(n))
+    .collect();
+    // Again: the same version, left as it was.
+    let (_, again, _) = run(&["run", "--as-of", "2026-01-31"]);
+    assert!(again.starts_with("unchanged: reports/2026-01-31-"), "{again}");
+    // Written anew elsewhere, byte for byte the same.
+    std::fs::remove_dir_all(dir.path().join("reports")).unwrap();
+    run(&["run", "--as-of", "2026-01-31"]);
+    let after: Vec<Vec<u8>> = [
+        "index.html",
+        "results.json",
+        "results.parquet",
+        "alerts.json",
+        "manifest.json",
+    ]
+    .iter()
+    .map(|n| read(n))
+    .collect();
+    assert!(before == after, "a version's files are the same for the same inputs");
+    let results: serde_json::Value = serde_json::from_slice(&read("results.json")).unwrap();
+    let paid: Vec<_> = results["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["metric"] == "paid")
+        .collect();
+    assert_eq!(paid.len(), 3, "November, December, January");
+    assert_eq!(paid[2]["period"], "2026-01-01");
+    assert_eq!(paid[2]["value"], 30.5);
+    // User text is escaped; nothing is loaded from the network.
+    let html = String::from_utf8(read("index.html")).unwrap();
+    assert!(
+        !html.contains("<script>") && html.contains("Paid &lt;script&gt;"),
+        "{html}"
+    );
+    assert!(html.contains("Money &amp; &lt;b&gt;more&lt;/b&gt;"));
+    assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("src="));
+    // Another as-of day: another version; the index lists both.
+    let (_, second, _) = run(&["run", "--as-of", "2026-02-28"]);
+    assert!(second.starts_with("wrote reports/2026-02-28-"), "{second}");
+    let index = std::fs::read_to_string(dir.path().join("reports/index.html")).unwrap();
+    assert!(index.contains("2026-01-31-") && index.contains("2026-02-28-"));
+    // A reports folder that cannot be made (a file is in the way): a clear error, exit 4.
+    std::fs::remove_dir_all(dir.path().join("reports")).unwrap();
+    std::fs::write(dir.path().join("reports"), "not a folder").unwrap();
+    let (code, _, stderr) = run(&["run", "--as-of", "2026-01-31"]);
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(
+        stderr.contains("E0807") && stderr.contains("cannot write the report"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("reports")).unwrap(),
+        "not a folder"
+    );
+}
