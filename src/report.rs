@@ -104,7 +104,7 @@ pub async fn run(
     ];
     outputs.push((
         "index.html",
-        page(model, &rows, &targets, &alerts, as_of, &version).into_bytes(),
+        page(model, &rows, &targets, &alerts, as_of, &version)?.into_bytes(),
     ));
     write_version(&settings.reports, &version, &outputs)?;
     write_index(&settings.reports)?;
@@ -286,7 +286,7 @@ fn alerts_json(alerts: &[AlertResult]) -> Value {
     json!({ "alerts": items })
 }
 
-/// Text for HTML: every user-written string goes through here.
+/// Text for HTML (the index of versions; the page escapes through its template).
 pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -295,7 +295,8 @@ pub fn escape(text: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-/// The version's page: one self-contained file (no network), every user text escaped.
+/// The version's page: one self-contained file (no network, no script), rendered from
+/// `report.html` with minijinja, which escapes every value (all user text is a value).
 fn page(
     model: &Model,
     rows: &[Row],
@@ -303,85 +304,231 @@ fn page(
     alerts: &[AlertResult],
     as_of: NaiveDate,
     version: &str,
-) -> String {
-    let mut h = String::new();
-    h.push_str("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
-    h.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
-    h.push_str(&format!("<title>tally report {}</title>\n", escape(version)));
-    h.push_str("<style>body{font-family:system-ui,sans-serif;margin:1rem;max-width:70rem}table{border-collapse:collapse;margin:.5rem 0 1.5rem;display:block;overflow-x:auto}td,th{padding:.2rem .6rem;border-bottom:1px solid #ddd;text-align:right}th:first-child,td:first-child{text-align:left}.firing{color:#b00020}</style>\n</head>\n<body>\n");
-    h.push_str(&format!(
-        "<h1>Reports as of {as_of}</h1>\n<p>version {}</p>\n",
-        escape(version)
-    ));
-    let firing: Vec<&AlertResult> = alerts.iter().filter(|a| a.firing.is_some()).collect();
-    h.push_str(&format!("<h2>Alerts: {} firing</h2>\n<ul>\n", firing.len()));
-    for a in &firing {
-        h.push_str(&format!(
-            "<li class=\"firing\">{}: {}</li>\n",
-            a.firing.map(|s| s.name()).unwrap_or(""),
-            escape(&a.message)
-        ));
-    }
-    h.push_str("</ul>\n");
+) -> Result<String, Diagnostic> {
+    use crate::ast::Direction;
+    use crate::model::Condition;
+    let show = |v: Option<f64>, f: &crate::ast::Format| match v {
+        Some(_) => crate::output::format_value(v, f),
+        None => "–".to_string(),
+    };
+    let percent = crate::ast::Format::Percent;
+    let mut reports = Vec::new();
     for r in &model.reports {
-        let title = r.title.clone().unwrap_or_else(|| r.name.clone());
-        h.push_str(&format!("<h2>{}</h2>\n", escape(&title)));
-        let periods: Vec<NaiveDate> = {
-            let mut p: Vec<NaiveDate> = rows.iter().filter(|x| x.report == r.name).map(|x| x.period).collect();
-            p.sort();
-            p.dedup();
-            p
+        let mine: Vec<&Row> = rows.iter().filter(|x| x.report == r.name).collect();
+        let mut periods: Vec<NaiveDate> = mine.iter().map(|x| x.period).collect();
+        periods.sort();
+        periods.dedup();
+        let total = |metric: &str, p: NaiveDate| {
+            mine.iter()
+                .find(|x| x.metric == metric && x.period == p && x.dimensions.is_empty())
+                .and_then(|x| x.value)
         };
-        h.push_str("<table>\n<tr><th>metric</th>");
-        for p in &periods {
-            h.push_str(&format!("<th>{p}</th>"));
-        }
-        h.push_str("</tr>\n");
+        let mut tiles = Vec::new();
+        let mut table = Vec::new();
         for &m in &r.metrics {
             let metric = &model.metrics[m];
             let label = metric.label.clone().unwrap_or_else(|| metric.name.clone());
-            h.push_str(&format!("<tr><td>{}</td>", escape(&label)));
-            for p in &periods {
-                let v = rows
+            let series: Vec<Option<f64>> = periods.iter().map(|&p| total(&metric.name, p)).collect();
+            let last = series.last().copied().flatten();
+            let before = series.len().checked_sub(2).and_then(|i| series[i]);
+            let (change, direction) = match (last, before) {
+                (Some(v), Some(b)) => {
+                    let rel = (b != 0.0).then(|| v / b - 1.0);
+                    let good = match metric.good {
+                        Some(Direction::Down) => v <= b,
+                        _ => v >= b,
+                    };
+                    let text = match rel {
+                        Some(x) => format!("{} vs the {} before", show(Some(x), &percent), r.grain.name()),
+                        None => format!("{} vs the {} before", show(Some(v - b), &metric.format), r.grain.name()),
+                    };
+                    (
+                        text,
+                        if v == b {
+                            ""
+                        } else if good {
+                            "up"
+                        } else {
+                            "down"
+                        },
+                    )
+                }
+                _ => (String::new(), ""),
+            };
+            // A target of the report's grain for the last period.
+            let target = periods.last().and_then(|&p| {
+                model
+                    .targets
                     .iter()
-                    .find(|x| {
-                        x.report == r.name && x.metric == metric.name && x.period == *p && x.dimensions.is_empty()
+                    .find(|t| t.metric == m && t.grain == r.grain && t.deadline.is_none())
+                    .map(|t| (t, p))
+            });
+            let (target_text, attainment, status, level) = match target {
+                Some((t, p)) => {
+                    let level = t.level.at(p);
+                    let high = t.high.as_ref().and_then(|h| h.at(p));
+                    let status = crate::targets::status(t, last, level, high);
+                    let attainment = match (last, level) {
+                        (Some(v), Some(l)) if l != 0.0 => Some(show(Some(v / l), &percent)),
+                        _ => None,
+                    };
+                    (
+                        level.map(|l| show(Some(l), &metric.format)),
+                        attainment,
+                        status.name(),
+                        level,
+                    )
+                }
+                None => (None, None, "", None),
+            };
+            // The chart: the series scaled into 300 x 80, the target level as a line, and a
+            // dot where an alert on this metric fires.
+            let (width, height) = (300.0, 80.0);
+            let values: Vec<f64> = series.iter().flatten().copied().chain(level).collect();
+            let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let (lo, hi) = if lo.is_finite() {
+                (lo.min(0.0), if hi > lo { hi } else { lo + 1.0 })
+            } else {
+                (0.0, 1.0)
+            };
+            let x = |i: usize| {
+                if series.len() > 1 {
+                    i as f64 * width / (series.len() - 1) as f64
+                } else {
+                    width / 2.0
+                }
+            };
+            let y = |v: f64| height - 2.0 - (v - lo) / (hi - lo) * (height - 14.0);
+            let points: Vec<String> = series
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| v.map(|v| format!("{:.1},{:.1}", x(i), y(v))))
+                .collect();
+            let markers: Vec<Value> = alerts
+                .iter()
+                .filter(|a| a.firing.is_some() && a.dimensions.is_empty())
+                .filter(|a| match &model.alerts[a.alert].condition {
+                    Condition::Threshold { metric, .. }
+                    | Condition::Change { metric, .. }
+                    | Condition::Anomaly { metric, .. }
+                    | Condition::OffTarget { metric, .. } => *metric == m,
+                    _ => false,
+                })
+                .filter_map(|a| {
+                    let i = periods.iter().position(|&p| p == a.period)?;
+                    let v = series[i]?;
+                    Some(json!({"x": format!("{:.1}", x(i)), "y": format!("{:.1}", y(v))}))
+                })
+                .collect();
+            tiles.push(json!({
+                "label": label,
+                "value": show(last, &metric.format),
+                "change": change,
+                "direction": direction,
+                "target": target_text,
+                "attainment": attainment,
+                "status": status.replace(' ', "-"),
+                "chart": {
+                    "width": width,
+                    "height": height,
+                    "points": points.join(" "),
+                    "target_y": level.map(|l| format!("{:.1}", y(l))),
+                    "alerts": markers,
+                    "low": show(Some(lo), &metric.format),
+                    "high": show(Some(hi), &metric.format),
+                    "first": periods.first().map(|p| p.to_string()).unwrap_or_default(),
+                },
+            }));
+            table.push(json!({
+                "name": label,
+                "values": series.iter().map(|v| show(*v, &metric.format)).collect::<Vec<_>>(),
+            }));
+        }
+        // Breakdowns: each dimension's values at the last period.
+        let mut breakdowns = Vec::new();
+        if let Some(&last) = periods.last() {
+            for &d in &r.dimensions {
+                let name = &model.dimensions[d].name;
+                let mut values: Vec<Option<String>> = mine
+                    .iter()
+                    .filter(|x| x.period == last && x.dimensions.contains_key(name))
+                    .map(|x| x.dimensions[name].clone())
+                    .collect();
+                values.sort_by(|a, b| (a.is_none(), a).cmp(&(b.is_none(), b)));
+                values.dedup();
+                let rows_out: Vec<Value> = values
+                    .iter()
+                    .map(|v| {
+                        let cells: Vec<String> = r
+                            .metrics
+                            .iter()
+                            .map(|&m| {
+                                let metric = &model.metrics[m];
+                                let value = mine
+                                    .iter()
+                                    .find(|x| {
+                                        x.metric == metric.name && x.period == last && x.dimensions.get(name) == Some(v)
+                                    })
+                                    .and_then(|x| x.value);
+                                show(value, &metric.format)
+                            })
+                            .collect();
+                        json!({"name": v.clone().unwrap_or_else(|| "(none)".into()), "values": cells})
                     })
-                    .and_then(|x| x.value);
-                h.push_str(&format!(
-                    "<td>{}</td>",
-                    escape(&crate::output::format_value(v, &metric.format))
-                ));
+                    .collect();
+                breakdowns.push(json!({
+                    "dimension": model.dimensions[d].label.clone().unwrap_or_else(|| name.clone()),
+                    "period": last.to_string(),
+                    "header": r.metrics.iter().map(|&m| model.metrics[m].label.clone().unwrap_or_else(|| model.metrics[m].name.clone())).collect::<Vec<_>>(),
+                    "rows": rows_out,
+                }));
             }
-            h.push_str("</tr>\n");
         }
-        h.push_str("</table>\n");
+        reports.push(json!({
+            "title": r.title.clone().unwrap_or_else(|| r.name.clone()),
+            "description": r.description,
+            "grain": r.grain.name(),
+            "range": r.range,
+            "tiles": tiles,
+            "breakdowns": breakdowns,
+            "periods": periods.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "table": table,
+        }));
     }
-    if !targets.is_empty() {
-        h.push_str("<h2>Targets</h2>\n<ul>\n");
-        for t in targets {
-            h.push_str(&format!(
-                "<li>{}: {}</li>\n",
-                escape(&model.targets[t.target].text),
-                t.status.name()
-            ));
-        }
-        h.push_str("</ul>\n");
-    }
-    h.push_str("<h2>Definitions</h2>\n<dl>\n");
-    for m in &model.metrics {
-        h.push_str(&format!(
-            "<dt>{}</dt><dd><code>{}</code>{}</dd>\n",
-            escape(&m.name),
-            escape(&m.text),
-            m.description
-                .as_deref()
-                .map(|d| format!(" — {}", escape(d)))
-                .unwrap_or_default()
-        ));
-    }
-    h.push_str("</dl>\n</body>\n</html>\n");
-    h
+    let firing: Vec<Value> = alerts
+        .iter()
+        .filter_map(|a| a.firing.map(|s| json!({"severity": s.name(), "message": a.message})))
+        .collect();
+    let hex = |t: &str| format!("{:x}", Sha256::digest(t.as_bytes()))[..12].to_string();
+    let definitions: Vec<Value> = model
+        .metrics
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "label": m.label.clone().unwrap_or_else(|| m.name.clone()),
+                "text": m.text,
+                "owner": m.owner,
+                "description": m.description,
+                "hash": hex(&m.text),
+            })
+        })
+        .collect();
+    let context = json!({
+        "title": format!("Reports as of {as_of}"),
+        "as_of": as_of.to_string(),
+        "version": version,
+        "alerts": firing,
+        "reports": reports,
+        "targets": targets.iter().map(|t| json!({"text": model.targets[t.target].text, "status": t.status.name()})).collect::<Vec<_>>(),
+        "definitions": definitions,
+    });
+    let mut env = minijinja::Environment::new();
+    env.add_template("report.html", include_str!("report.html"))
+        .and_then(|_| env.get_template("report.html"))
+        .and_then(|t| t.render(context))
+        .map_err(|e| Diagnostic::data("E0808", format!("cannot write the report page: {e}")))
 }
 
 /// Writes a version's files into a temporary folder and renames it into place; a version

@@ -680,7 +680,7 @@ fn report_versions() {
         !html.contains("<script>") && html.contains("Paid &lt;script&gt;"),
         "{html}"
     );
-    assert!(html.contains("Money &amp; &lt;b&gt;more&lt;/b&gt;"));
+    assert!(html.contains("Money &amp; &lt;b&gt;more&lt;"), "{html}");
     assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("src="));
     // Another as-of day: another version; the index lists both.
     let (_, second, _) = run(&["run", "--as-of", "2026-02-28"]);
