@@ -104,7 +104,7 @@ pub async fn run(
     ];
     outputs.push((
         "index.html",
-        page(model, &rows, &targets, &alerts, as_of, &version)?.into_bytes(),
+        page(model, settings, &rows, &targets, &alerts, as_of, &version)?.into_bytes(),
     ));
     write_version(&settings.reports, &version, &outputs)?;
     write_index(&settings.reports)?;
@@ -299,6 +299,7 @@ pub fn escape(text: &str) -> String {
 /// `report.html` with minijinja, which escapes every value (all user text is a value).
 fn page(
     model: &Model,
+    settings: &Settings,
     rows: &[Row],
     targets: &[TargetResult],
     alerts: &[AlertResult],
@@ -312,6 +313,7 @@ fn page(
         None => "–".to_string(),
     };
     let percent = crate::ast::Format::Percent;
+    let calendar = settings.calendar();
     let mut reports = Vec::new();
     for r in &model.reports {
         let mine: Vec<&Row> = rows.iter().filter(|x| x.report == r.name).collect();
@@ -329,17 +331,28 @@ fn page(
             let metric = &model.metrics[m];
             let label = metric.label.clone().unwrap_or_else(|| metric.name.clone());
             let series: Vec<Option<f64>> = periods.iter().map(|&p| total(&metric.name, p)).collect();
-            let last = series.last().copied().flatten();
-            let before = series.len().checked_sub(2).and_then(|i| series[i]);
+            // Tiles show the last complete period: a month under way is not compared with a
+            // whole one.
+            let at = periods
+                .iter()
+                .rposition(|&p| calendar.next(p, r.grain) - chrono::Days::new(1) <= as_of)
+                .unwrap_or(periods.len().saturating_sub(1));
+            let shown = periods.get(at).copied();
+            let last = series.get(at).copied().flatten();
+            let before = at.checked_sub(1).and_then(|i| series[i]);
             let (change, direction) = match (last, before) {
                 (Some(v), Some(b)) => {
-                    let rel = (b != 0.0).then(|| v / b - 1.0);
+                    // Percents change in points; other values relatively.
+                    let rel = (b != 0.0 && metric.format != percent).then(|| v / b - 1.0);
                     let good = match metric.good {
                         Some(Direction::Down) => v <= b,
                         _ => v >= b,
                     };
                     let text = match rel {
                         Some(x) => format!("{} vs the {} before", show(Some(x), &percent), r.grain.name()),
+                        None if metric.format == percent => {
+                            format!("{:+.1} points vs the {} before", (v - b) * 100.0, r.grain.name())
+                        }
                         None => format!("{} vs the {} before", show(Some(v - b), &metric.format), r.grain.name()),
                     };
                     (
@@ -355,8 +368,8 @@ fn page(
                 }
                 _ => (String::new(), ""),
             };
-            // A target of the report's grain for the last period.
-            let target = periods.last().and_then(|&p| {
+            // A target of the report's grain for the period shown.
+            let target = shown.and_then(|p| {
                 model
                     .targets
                     .iter()
@@ -423,6 +436,7 @@ fn page(
                 .collect();
             tiles.push(json!({
                 "label": label,
+                "period": shown.map(|p| p.to_string()),
                 "value": show(last, &metric.format),
                 "change": change,
                 "direction": direction,
