@@ -371,10 +371,7 @@ async fn series(
         metrics.push(v);
     }
     // Periods before the first row of data are not evaluated: they have no data, not zeros.
-    let mut measures = Vec::new();
-    model.measures_of(metric, &mut measures);
-    let mut sources: Vec<_> = measures.iter().map(|&m| model.measures[m].source).collect();
-    sources.dedup();
+    let sources = model.sources_of(metric);
     let from = match crate::run::data_range(ctx, model, settings, &sources).await? {
         Some((first, _)) => from.max(settings.calendar().period_start(first, alert.grain)),
         None => from,

@@ -494,15 +494,7 @@ fn grain(by: Option<&str>) -> Result<Option<Grain>, Diagnostic> {
 /// `2026-03-15`, or `2026-03` (its first day, or its last day when `end`).
 fn date_arg(text: Option<&str>, end: bool, flag: &str) -> Result<Option<chrono::NaiveDate>, Diagnostic> {
     let Some(t) = text else { return Ok(None) };
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
-        return Ok(Some(d));
-    }
-    if let Ok(first) = chrono::NaiveDate::parse_from_str(&format!("{t}-01"), "%Y-%m-%d") {
-        let d = if end {
-            first + chrono::Months::new(1) - chrono::Days::new(1)
-        } else {
-            first
-        };
+    if let Some(d) = tally::time::parse_day(t, end) {
         return Ok(Some(d));
     }
     Err(usage(format!("{flag} `{t}` is not a date")).note("write YYYY-MM-DD, or YYYY-MM for a month"))
@@ -546,10 +538,7 @@ fn query_of(l: &mut Loaded, args: &QueryArgs) -> Result<Query, Diagnostic> {
     let as_of = date_arg(args.as_of.as_deref(), false, "--as-of")?;
     let (from, to) = match &args.range {
         Some(r) => {
-            let today = as_of.unwrap_or_else(|| match calendar.time_zone {
-                Some(tz) => chrono::Utc::now().with_timezone(&tz).date_naive(),
-                None => chrono::Local::now().date_naive(),
-            });
+            let today = as_of.unwrap_or_else(|| today(&calendar));
             let (f, t) = tally::time::relative_range(r, today, &calendar).map_err(usage)?;
             (Some(f), Some(t))
         }
@@ -772,12 +761,7 @@ async fn alerts(
             serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
         }
         AlertFormat::Junit => {
-            let esc = |t: &str| {
-                t.replace('&', "&amp;")
-                    .replace('<', "&lt;")
-                    .replace('>', "&gt;")
-                    .replace('"', "&quot;")
-            };
+            let esc = tally::report::escape;
             let mut x = format!(
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"tally alerts\" tests=\"{}\" failures=\"{}\">\n",
                 results.len(),
@@ -911,12 +895,7 @@ async fn test(g: &Global, format: TestFormat, color: bool) -> Outcome {
             serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
         }
         TestFormat::Junit => {
-            let esc = |t: &str| {
-                t.replace('&', "&amp;")
-                    .replace('<', "&lt;")
-                    .replace('>', "&gt;")
-                    .replace('"', "&quot;")
-            };
+            let esc = tally::report::escape;
             let mut x = format!(
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"tally test\" tests=\"{}\" failures=\"{failed}\">\n",
                 outcomes.len()

@@ -286,7 +286,8 @@ fn alerts_json(alerts: &[AlertResult]) -> Value {
     json!({ "alerts": items })
 }
 
-/// Text for HTML (the index of versions; the page escapes through its template).
+/// Text for HTML and XML (the index of versions, JUnit output; the page escapes through its
+/// template).
 pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")

@@ -118,10 +118,7 @@ pub async fn evaluate(
         };
         if let Some(deadline) = t.deadline {
             // A deadline before the first row of data cannot be worked towards.
-            let mut measures = Vec::new();
-            model.measures_of(t.metric, &mut measures);
-            let mut sources: Vec<_> = measures.iter().map(|&m| model.measures[m].source).collect();
-            sources.dedup();
+            let sources = model.sources_of(t.metric);
             if let Some((first, _)) = crate::run::data_range(ctx, model, settings, &sources).await?
                 && deadline < first
             {

@@ -93,6 +93,19 @@ impl Calendar {
     }
 }
 
+/// `2026-03-15`, or a month `2026-03`: its first day (its last when `end`).
+pub fn parse_day(text: &str, end: bool) -> Option<NaiveDate> {
+    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Some(d);
+    }
+    let first = NaiveDate::parse_from_str(&format!("{text}-01"), "%Y-%m-%d").ok()?;
+    Some(if end {
+        first + Months::new(1) - Days::new(1)
+    } else {
+        first
+    })
+}
+
 /// The forms of a relative range, for messages.
 pub const RANGE_FORMS: &str = "today, yesterday, this week|month|quarter|year, last week|month|quarter|year, \
 week|month|quarter|year to date (wtd, mtd, qtd, ytd), last N days|weeks|months|quarters|years, \

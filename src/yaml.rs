@@ -924,17 +924,8 @@ fn target(ctx: &Ctx, base: &[&str], t: &YamlTarget) -> Result<TargetDef, Diagnos
 
 /// `2026-01-31`, or `2026-01`: its first day (its last when `end`).
 fn date_value(text: &str, span: Span, end: bool) -> Result<NaiveDate, Diagnostic> {
-    let bad = || {
+    crate::time::parse_day(text, end).ok_or_else(|| {
         Diagnostic::error("E0109", format!("`{text}` is not a valid date")).at(span, "expected YYYY-MM-DD or YYYY-MM")
-    };
-    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(d);
-    }
-    let first = NaiveDate::parse_from_str(&format!("{text}-01"), "%Y-%m-%d").map_err(|_| bad())?;
-    Ok(if end {
-        first + chrono::Months::new(1) - chrono::Days::new(1)
-    } else {
-        first
     })
 }
 

@@ -1224,21 +1224,11 @@ impl<'a> Resolver<'a> {
         for u in uses {
             let mut measures = Vec::new();
             let mut windows = 0;
-            let mut seen = Vec::new();
-            let mut stack = vec![u.formula.clone()];
-            while let Some(f) = stack.pop() {
-                f.walk(&mut |x| match x {
-                    Formula::Measure(m) => measures.push(*m),
-                    Formula::Metric(id) if !seen.contains(id) => {
-                        seen.push(*id);
-                        if let Some(Some(m)) = metrics.get(*id) {
-                            stack.push(m.formula.clone());
-                        }
-                    }
-                    Formula::Window(..) => windows += 1,
-                    _ => {}
-                });
-            }
+            reach(&u.formula, metrics, &mut |x| match x {
+                Formula::Measure(m) => measures.push(*m),
+                Formula::Window(..) => windows += 1,
+                _ => {}
+            });
             let mut sources: Vec<SourceId> = measures.iter().map(|&m| self.measures[m].source).collect();
             sources.dedup();
             if let Some(&s) = sources.iter().find(|&&s| self.defs.sources[s].time.is_none()) {
@@ -1508,20 +1498,11 @@ impl<'a> Resolver<'a> {
             };
             // Every measure of the metric needs a time column.
             let mut measures = Vec::new();
-            let mut seen = Vec::new();
-            let mut stack = vec![metric.formula.clone()];
-            while let Some(f) = stack.pop() {
-                f.walk(&mut |x| match x {
-                    Formula::Measure(m) => measures.push(*m),
-                    Formula::Metric(mid) if !seen.contains(mid) => {
-                        seen.push(*mid);
-                        if let Some(Some(m)) = metrics.get(*mid) {
-                            stack.push(m.formula.clone());
-                        }
-                    }
-                    _ => {}
-                });
-            }
+            reach(&metric.formula, metrics, &mut |x| {
+                if let Formula::Measure(m) = x {
+                    measures.push(*m)
+                }
+            });
             if let Some(&m) = measures
                 .iter()
                 .find(|&&m| self.defs.sources[self.measures[m].source].time.is_none())
@@ -1803,20 +1784,7 @@ impl<'a> Resolver<'a> {
                 let grain = per.unwrap_or(Grain::Day);
                 let window = match window {
                     None => 28,
-                    Some(w) => {
-                        let (amount, unit) = &w.value;
-                        let word = unit.strip_suffix('s').unwrap_or(unit);
-                        if word != "period" && Grain::parse(word) != Some(grain) {
-                            let d = Diagnostic::error(
-                                "E0575",
-                                format!("the window counts {unit}, but the alert is per {}", grain.name()),
-                            )
-                            .at(w.span, format!("write `over N {}s` (or `per` the unit)", grain.name()));
-                            self.error(d);
-                            return Err(());
-                        }
-                        self.whole(*amount, w.span, "an anomaly window", true)? as u32
-                    }
+                    Some(w) => self.periods_of(w, grain, "the window", "over")?,
                 };
                 if *weekday && grain != Grain::Day {
                     let d = Diagnostic::error("E0580", "`by weekday` compares days: the alert must be per day")
@@ -1975,20 +1943,7 @@ impl<'a> Resolver<'a> {
         };
         let keep = match &a.keep {
             None => 1,
-            Some(k) => {
-                let (amount, unit) = &k.value;
-                let word = unit.strip_suffix('s').unwrap_or(unit);
-                if word != "period" && Grain::parse(word) != Some(grain) {
-                    let d = Diagnostic::error(
-                        "E0575",
-                        format!("`keep` counts {unit}, but the alert is per {}", grain.name()),
-                    )
-                    .at(k.span, format!("write `keep N {}s`", grain.name()));
-                    self.error(d);
-                    return Err(());
-                }
-                self.whole(*amount, k.span, "`keep`", true)? as u32
-            }
+            Some(k) => self.periods_of(k, grain, "`keep`", "keep")?,
         };
         let volume = match &a.volume {
             None => None,
@@ -2015,6 +1970,23 @@ impl<'a> Resolver<'a> {
             message,
             dimensions,
         })
+    }
+
+    /// `N days` (or `N periods`) as a number of periods of an alert's grain; `what` names it
+    /// in messages, `word` is how it is written.
+    fn periods_of(&mut self, d: &crate::span::Spanned<(f64, String)>, grain: Grain, what: &str, word: &str) -> R<u32> {
+        let (amount, unit) = &d.value;
+        let singular = unit.strip_suffix('s').unwrap_or(unit);
+        if singular != "period" && Grain::parse(singular) != Some(grain) {
+            let e = Diagnostic::error(
+                "E0575",
+                format!("{what} counts {unit}, but the alert is per {}", grain.name()),
+            )
+            .at(d.span, format!("write `{word} N {}s`", grain.name()));
+            self.error(e);
+            return Err(());
+        }
+        Ok(self.whole(*amount, d.span, what, true)? as u32)
     }
 
     /// A percent level for a percent metric only; a percent metric's level as a percent.
@@ -2155,11 +2127,7 @@ impl<'a> Resolver<'a> {
                 let mut out = std::collections::BTreeMap::new();
                 for (i, line) in text.lines().enumerate() {
                     let cells: Vec<&str> = line.split(',').map(|c| c.trim()).collect();
-                    let period_of = |c: &str| {
-                        chrono::NaiveDate::parse_from_str(c, "%Y-%m-%d")
-                            .or_else(|_| chrono::NaiveDate::parse_from_str(&format!("{c}-01"), "%Y-%m-%d"))
-                            .ok()
-                    };
+                    let period_of = |c: &str| crate::time::parse_day(c, false);
                     let header = i == 0 && cells.first().is_some_and(|c| period_of(c).is_none());
                     if line.trim().is_empty() || header {
                         continue;
@@ -2300,6 +2268,26 @@ fn metric_refs(e: &Expr, index: &HashMap<String, MetricId>, out: &mut Vec<(Metri
             args.iter().for_each(|a| metric_refs(a, index, out))
         }
         _ => {}
+    }
+}
+
+/// Calls `f` on a formula and every formula it reaches through the metrics it names (each
+/// metric once, so a cycle, reported on its own, ends the walk).
+fn reach(formula: &Formula, metrics: &[Option<Metric>], f: &mut dyn FnMut(&Formula)) {
+    let mut seen = Vec::new();
+    let mut stack = vec![formula.clone()];
+    while let Some(g) = stack.pop() {
+        g.walk(&mut |x| {
+            if let Formula::Metric(id) = x
+                && !seen.contains(id)
+            {
+                seen.push(*id);
+                if let Some(Some(m)) = metrics.get(*id) {
+                    stack.push(m.formula.clone());
+                }
+            }
+            f(x)
+        });
     }
 }
 

@@ -121,6 +121,20 @@ impl Model {
         walk(self, &self.metrics[metric].formula, out)
     }
 
+    /// The sources a metric reads, directly or through other metrics, each once.
+    pub fn sources_of(&self, metric: MetricId) -> Vec<SourceId> {
+        let mut measures = Vec::new();
+        self.measures_of(metric, &mut measures);
+        let mut sources: Vec<SourceId> = Vec::new();
+        for m in measures {
+            let s = self.measures[m].source;
+            if !sources.contains(&s) {
+                sources.push(s);
+            }
+        }
+        sources
+    }
+
     /// Whether a metric adds up over time (counts and sums, added or subtracted).
     pub fn is_additive(&self, metric: MetricId) -> bool {
         additive(

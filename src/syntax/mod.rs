@@ -655,17 +655,7 @@ impl Ctx {
 
     /// `2026-01-31`, or `2026-01`: its first day (its last when `end`).
     fn date_value(&self, text: &str, span: Span, end: bool) -> Result<NaiveDate> {
-        if text.len() == 7 {
-            let first =
-                NaiveDate::parse_from_str(&format!("{text}-01"), "%Y-%m-%d").map_err(|_| bad_date(span, text))?;
-            Ok(if end {
-                first + chrono::Months::new(1) - chrono::Days::new(1)
-            } else {
-                first
-            })
-        } else {
-            NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| bad_date(span, text))
-        }
+        crate::time::parse_day(text, end).ok_or_else(|| bad_date(span, text))
     }
 
     fn source(&self, pair: Pair<Rule>) -> Result<SourceDef> {
