@@ -128,13 +128,7 @@ pub fn range_plan(model: &Model, source: SourceId) -> Result<Option<LogicalPlan>
         return Ok(None);
     };
     let tv = time_value(model, source, &t.name);
-    let utc = |e: Expr| match &tv.data_type {
-        DataType::Timestamp(unit, Some(_)) => cast(
-            cast(e, DataType::Timestamp(*unit, Some("UTC".into()))),
-            DataType::Timestamp(TimeUnit::Microsecond, None),
-        ),
-        _ => cast(e, DataType::Timestamp(TimeUnit::Microsecond, None)),
-    };
+    let utc = |e: Expr| utc_micros(e, &tv.data_type);
     let plan = scan(model, source)?
         .aggregate(
             Vec::<Expr>::new(),
@@ -174,19 +168,7 @@ pub fn activity_plan(
     if let Some(to) = to {
         conditions.push(tv.expr.clone().lt(day_starts(&tv, to + chrono::Days::new(1), calendar)));
     }
-    let utc = match &tv.data_type {
-        DataType::Timestamp(unit, Some(_)) => cast(
-            cast(
-                Expr::Column(Column::from_name("last")),
-                DataType::Timestamp(*unit, Some("UTC".into())),
-            ),
-            DataType::Timestamp(TimeUnit::Microsecond, None),
-        ),
-        _ => cast(
-            Expr::Column(Column::from_name("last")),
-            DataType::Timestamp(TimeUnit::Microsecond, None),
-        ),
-    };
+    let utc = utc_micros(Expr::Column(Column::from_name("last")), &tv.data_type);
     let plan = scan(model, source)?
         .filter(conditions.into_iter().reduce(Expr::and).expect("a condition"))
         .and_then(|b| {
@@ -202,6 +184,18 @@ pub fn activity_plan(
         .and_then(|b| b.build())
         .map_err(internal)?;
     Ok(Some(plan))
+}
+
+/// A time value as a naive timestamp in microseconds: a zoned one at UTC, a naive one (or a
+/// date at midnight) as stored.
+fn utc_micros(e: Expr, data_type: &DataType) -> Expr {
+    match data_type {
+        DataType::Timestamp(unit, Some(_)) => cast(
+            cast(e, DataType::Timestamp(*unit, Some("UTC".into()))),
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+        ),
+        _ => cast(e, DataType::Timestamp(TimeUnit::Microsecond, None)),
+    }
 }
 
 /// Plans a query that needs no data range (see [`range_sources`]).
