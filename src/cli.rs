@@ -137,6 +137,15 @@ pub enum Command {
     },
     /// Print the JSON Schema of the YAML definition form.
     Schema,
+    /// Rewrite `.tally` files in canonical form (indentation, spaces, blank lines); comments
+    /// and line breaks are kept and the meaning never changes.
+    Fmt {
+        /// Change nothing; list the files that are not formatted and exit with 1.
+        #[arg(long)]
+        check: bool,
+        /// Files to format (default: every `.tally` file of the project).
+        files: Vec<PathBuf>,
+    },
 }
 
 /// What `query` computes.
@@ -279,6 +288,7 @@ pub async fn run(cli: Cli) -> Outcome {
             explain(loaded, &metric, by.as_deref(), &dims, color).await
         }
         Command::Test { format } => test(&cli.global, format, color).await,
+        Command::Fmt { check, files } => fmt(&cli.global, check, &files, color),
         Command::Run { as_of } => {
             let loaded = match load(&cli.global, color).await {
                 Ok(l) => l,
@@ -439,6 +449,91 @@ async fn check(g: &Global, format: CheckFormat, color: bool) -> Outcome {
             code,
         },
     }
+}
+
+/// `tally fmt`: every `.tally` file of the project (or the files named), formatted in place,
+/// or with `--check` listed when they are not formatted.
+fn fmt(g: &Global, check: bool, paths: &[PathBuf], color: bool) -> Outcome {
+    let mut files = Files::default();
+    if paths.is_empty() {
+        match project::load(&g.project, &overrides(g)) {
+            Ok((p, _)) => {
+                for (_, f) in p.files.iter() {
+                    if f.path.extension().is_some_and(|e| e == "tally") {
+                        files.add(f.name.clone(), f.path.clone(), f.text.clone());
+                    }
+                }
+            }
+            Err((f, d)) => return Outcome::diagnostics(&f, &d, color),
+        }
+    } else {
+        for p in paths {
+            match std::fs::read_to_string(p) {
+                Ok(text) => {
+                    files.add(p.display().to_string(), p.clone(), text);
+                }
+                Err(e) => {
+                    let d = Diagnostic::usage("E0003", format!("cannot read `{}`: {e}", p.display()));
+                    return Outcome::diagnostics(&files, &[d], color);
+                }
+            }
+        }
+    }
+    let mut diags = Vec::new();
+    let mut stderr = String::new();
+    let mut unformatted = 0;
+    let all: Vec<_> = files
+        .iter()
+        .map(|(id, f)| (id, f.name.clone(), f.path.clone(), f.text.clone()))
+        .collect();
+    for (id, name, path, text) in all {
+        match tally::fmt::format_file(id, &text) {
+            Ok(tally::fmt::Formatted::Unchanged) => {}
+            Ok(tally::fmt::Formatted::Changed(out)) if check => {
+                unformatted += 1;
+                let line = text
+                    .lines()
+                    .zip(out.lines())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(text.lines().count().min(out.lines().count()))
+                    + 1;
+                stderr.push_str(&format!("not formatted: {name} (from line {line})\n"));
+            }
+            Ok(tally::fmt::Formatted::Changed(out)) => match write_atomic(&path, out.as_bytes()) {
+                Ok(()) => stderr.push_str(&format!("formatted {name}\n")),
+                Err(e) => diags.push(Diagnostic::error("E0952", format!("cannot write `{name}`: {e}")).file(name)),
+            },
+            Err(d) => diags.extend(d),
+        }
+    }
+    if !diags.is_empty() {
+        let mut o = Outcome::diagnostics(&files, &diags, color);
+        o.stderr = stderr + &o.stderr;
+        return o;
+    }
+    if check && unformatted > 0 {
+        stderr.push_str(&format!(
+            "{unformatted} file{} not formatted; `tally fmt` rewrites {}\n",
+            if unformatted == 1 { "" } else { "s" },
+            if unformatted == 1 { "it" } else { "them" }
+        ));
+    }
+    Outcome {
+        stdout: String::new(),
+        stderr,
+        code: i32::from(check && unformatted > 0),
+    }
+}
+
+/// Replaces a file by writing a sibling and renaming it over the file.
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.fmt-{}", std::process::id()));
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
 }
 
 fn plural_warnings(n: usize) -> String {

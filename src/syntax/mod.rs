@@ -89,6 +89,30 @@ pub fn parse_file(file: FileId, text: &str) -> (Definitions, Vec<Diagnostic>) {
     (defs, diags)
 }
 
+/// The syntax tree of a file without places, whitespace or comments: each node's rule and
+/// depth, and the text of each leaf (a range's words with their spaces made single). Two
+/// texts with the same shape mean the same; `None` when the text does not parse.
+pub fn shape(text: &str) -> Option<Vec<(String, usize, String)>> {
+    fn walk(pair: Pair<Rule>, depth: usize, out: &mut Vec<(String, usize, String)>) {
+        let rule = pair.as_rule();
+        let leaf = pair.clone().into_inner().next().is_none();
+        let text = match (leaf, rule) {
+            (true, Rule::range_text) => pair.as_str().split_whitespace().collect::<Vec<_>>().join(" "),
+            (true, _) => pair.as_str().to_string(),
+            (false, _) => String::new(),
+        };
+        out.push((format!("{rule:?}"), depth, text));
+        for inner in pair.into_inner() {
+            walk(inner, depth + 1, out);
+        }
+    }
+    let mut out = Vec::new();
+    for pair in TallyParser::parse(Rule::file, text).ok()? {
+        walk(pair, 0, &mut out);
+    }
+    Some(out)
+}
+
 /// `for 3 days`, as written.
 pub type ForPeriods = Spanned<(f64, String)>;
 

@@ -293,3 +293,45 @@ fn definition_tests_run_without_data_files() {
     );
     assert!(stdout.ends_with("3 passed, 0 failed\n"), "{stdout}");
 }
+
+#[test]
+fn fmt_rewrites_files_and_check_lists_what_is_not_formatted() {
+    let dir = tempfile::tempdir().unwrap();
+    let defs = dir.path().join("metrics");
+    std::fs::create_dir(&defs).unwrap();
+    let file = defs.join("a.tally");
+    std::fs::write(&file, "metric  n=count( e )\n\n\nmetric m = n*2   // twice\n").unwrap();
+    std::fs::write(defs.join("b.tally"), "metric ok = count(e)\n").unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(args)
+            .arg("--color=never")
+            .arg("--project")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&["fmt", "--check"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        stderr,
+        "not formatted: metrics/a.tally (from line 1)\n1 file not formatted; `tally fmt` rewrites it\n"
+    );
+    let (code, stderr) = run(&["fmt"]);
+    assert_eq!((code, stderr.as_str()), (0, "formatted metrics/a.tally\n"));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "metric n = count(e)\n\nmetric m = n * 2  // twice\n"
+    );
+    assert_eq!(run(&["fmt", "--check"]), (0, String::new()));
+    // A file that does not parse is left as it is, with its error (exit code 3).
+    std::fs::write(&file, "metric n = count(e\n").unwrap();
+    let (code, stderr) = run(&["fmt"]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("metrics/a.tally:1:"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "metric n = count(e\n");
+}

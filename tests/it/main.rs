@@ -7,6 +7,7 @@ mod cli;
 mod diagnostics;
 mod differential;
 mod fixtures;
+mod formatting;
 mod over_time;
 mod stages;
 mod timeline;
