@@ -22,7 +22,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct Global {
     /// The project folder (holds tally.yaml and the definitions).
     #[arg(long, global = true, default_value = ".")]
@@ -137,6 +137,32 @@ pub enum Command {
     },
     /// Print the JSON Schema of the YAML definition form.
     Schema,
+    /// What a change of definitions does: the definitions added, removed or changed, and
+    /// every number that may move, under both versions on the same data (HEAD's).
+    Diff {
+        /// A git revision of the project (a branch, tag or commit), or a project folder.
+        base: String,
+        /// The same (default: the project as it is on disk).
+        head: Option<String>,
+        /// Period length of the compared numbers.
+        #[arg(long, default_value = "month")]
+        by: String,
+        /// Also compare per value of a dimension (repeat, or separate with commas).
+        #[arg(long = "dim")]
+        dims: Vec<String>,
+        /// First day compared (default: the start of the data).
+        #[arg(long)]
+        from: Option<String>,
+        /// Numbers up to, and targets and alerts as of, this day (default: today in the
+        /// project's time zone).
+        #[arg(long = "as-of")]
+        as_of: Option<String>,
+        #[arg(long, value_enum, default_value = "markdown")]
+        format: DiffFormat,
+        /// Exit with 1 when any number moves more than this many percent.
+        #[arg(long = "fail-over", value_name = "PCT")]
+        fail_over: Option<f64>,
+    },
     /// Rewrite `.tally` files in canonical form (indentation, spaces, blank lines); comments
     /// and line breaks are kept and the meaning never changes.
     Fmt {
@@ -180,6 +206,12 @@ pub struct QueryArgs {
     /// A filter in the expression language, e.g. 'channel = "phone"'.
     #[arg(long = "where")]
     filter: Option<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiffFormat {
+    Markdown,
+    Json,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -289,6 +321,28 @@ pub async fn run(cli: Cli) -> Outcome {
         }
         Command::Test { format } => test(&cli.global, format, color).await,
         Command::Fmt { check, files } => fmt(&cli.global, check, &files, color),
+        Command::Diff {
+            base,
+            head,
+            by,
+            dims,
+            from,
+            as_of,
+            format,
+            fail_over,
+        } => {
+            let args = DiffArgs {
+                base,
+                head,
+                by,
+                dims,
+                from,
+                as_of,
+                format,
+                fail_over,
+            };
+            diff(&cli.global, args, color).await
+        }
         Command::Run { as_of } => {
             let loaded = match load(&cli.global, color).await {
                 Ok(l) => l,
@@ -448,6 +502,138 @@ async fn check(g: &Global, format: CheckFormat, color: bool) -> Outcome {
             stderr: String::new(),
             code,
         },
+    }
+}
+
+struct DiffArgs {
+    base: String,
+    head: Option<String>,
+    by: String,
+    dims: Vec<String>,
+    from: Option<String>,
+    as_of: Option<String>,
+    format: DiffFormat,
+    fail_over: Option<f64>,
+}
+
+/// A version of the project for `diff`: a folder as it is, or a git revision's definitions
+/// written to a temporary folder.
+fn version_of(
+    g: &Global,
+    which: &str,
+    data: Option<String>,
+) -> Result<(Global, Option<tempfile::TempDir>), Diagnostic> {
+    let mut out = g.clone();
+    if data.is_some() {
+        out.data = data;
+    }
+    let folder = std::path::Path::new(which);
+    if folder.is_dir() {
+        out.project = folder.to_path_buf();
+        return Ok((out, None));
+    }
+    let dir =
+        tempfile::tempdir().map_err(|e| Diagnostic::error("E0955", format!("cannot make a temporary folder: {e}")))?;
+    tally::diff::checkout(&g.project, which, dir.path())?;
+    out.project = dir.path().to_path_buf();
+    Ok((out, Some(dir)))
+}
+
+async fn diff(g: &Global, args: DiffArgs, color: bool) -> Outcome {
+    let fail = |d: Diagnostic| Outcome::diagnostics(&Files::default(), &[d], color);
+    let grain = match grain(Some(&args.by)) {
+        Ok(g) => g.unwrap_or(Grain::Month),
+        Err(d) => return fail(d),
+    };
+    // Both versions read the same data: HEAD's folder's, or the project's on disk.
+    let data_root = |g: &Global| -> Option<String> {
+        project::load(&g.project, &overrides(g))
+            .ok()
+            .map(|(p, _)| p.settings.data.display().to_string())
+    };
+    let head_data = match &args.head {
+        Some(h) if std::path::Path::new(h).is_dir() => None,
+        _ => data_root(g),
+    };
+    let (head_global, _head_dir) = match &args.head {
+        Some(h) => match version_of(g, h, head_data.clone()) {
+            Ok(v) => v,
+            Err(d) => return fail(d),
+        },
+        None => (g.clone(), None),
+    };
+    let data = head_data.or_else(|| data_root(&head_global));
+    let (base_global, _base_dir) = match version_of(g, &args.base, data) {
+        Ok(v) => v,
+        Err(d) => return fail(d),
+    };
+    let head = match load(&head_global, color).await {
+        Ok(l) => l,
+        Err(mut o) => {
+            o.stderr = format!("the head version has errors:\n{}", o.stderr);
+            return o;
+        }
+    };
+    let base = match load(&base_global, color).await {
+        Ok(l) => l,
+        Err(mut o) => {
+            o.stderr = format!("the base version `{}` has errors:\n{}", args.base, o.stderr);
+            return o;
+        }
+    };
+    let calendar = head.project.settings.calendar();
+    let (from, as_of) = match (
+        date_arg(args.from.as_deref(), false, "--from"),
+        date_arg(args.as_of.as_deref(), false, "--as-of"),
+    ) {
+        (Ok(f), Ok(a)) => (f, a.unwrap_or_else(|| today(&calendar))),
+        (Err(d), _) | (_, Err(d)) => return fail(d),
+    };
+    let options = tally::diff::Options {
+        grain,
+        dimensions: args
+            .dims
+            .iter()
+            .flat_map(|d| d.split(','))
+            .filter(|d| !d.is_empty())
+            .map(String::from)
+            .collect(),
+        from,
+        as_of,
+    };
+    fn side(l: &Loaded, name: String) -> tally::diff::Side<'_> {
+        tally::diff::Side {
+            name,
+            ctx: &l.ctx,
+            model: &l.model,
+            files: &l.project.files,
+            settings: &l.project.settings,
+        }
+    }
+    let head_name = args.head.clone().unwrap_or_else(|| "working tree".to_string());
+    let result = tally::diff::diff(&side(&base, args.base.clone()), &side(&head, head_name), &options).await;
+    let d = match result {
+        Ok(d) => d,
+        Err(d) => return Outcome::diagnostics(&head.project.files, &[d], color),
+    };
+    let stdout = match args.format {
+        DiffFormat::Markdown => tally::diff::markdown(&d, args.fail_over),
+        DiffFormat::Json => serde_json::to_string_pretty(&tally::diff::json(&d)).unwrap_or_default() + "\n",
+    };
+    let over = args.fail_over.map(|p| d.moved_over(p)).unwrap_or(0);
+    Outcome {
+        stdout,
+        stderr: if over > 0 {
+            format!(
+                "{over} value{} move{} more than {}%\n",
+                if over == 1 { "" } else { "s" },
+                if over == 1 { "s" } else { "" },
+                args.fail_over.unwrap_or_default()
+            )
+        } else {
+            String::new()
+        },
+        code: i32::from(over > 0),
     }
 }
 

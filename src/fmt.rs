@@ -239,6 +239,31 @@ fn space_between(before: Option<&Token>, a: &Token, b: &Token) -> bool {
     true
 }
 
+/// A definition's text with canonical spaces on one line and no comments: two texts that
+/// differ only in whitespace and comments give the same string.
+pub fn normalize(text: &str) -> String {
+    let toks: Vec<Token> = text
+        .lines()
+        .flat_map(|l| {
+            tokens(l).unwrap_or_else(|| {
+                vec![Token {
+                    kind: Kind::Word,
+                    text: l.trim(),
+                }]
+            })
+        })
+        .filter(|t| t.kind != Kind::Comment && !t.text.is_empty())
+        .collect();
+    let mut out = String::new();
+    for (i, t) in toks.iter().enumerate() {
+        if i > 0 && space_between(i.checked_sub(2).map(|j| &toks[j]), &toks[i - 1], t) {
+            out.push(' ');
+        }
+        out.push_str(t.text);
+    }
+    out
+}
+
 /// Words that start a top-level definition.
 fn starts_definition(t: &Token) -> bool {
     t.kind == Kind::Word && syntax::KEYWORDS.contains(&t.text)
@@ -357,6 +382,15 @@ mod tests {
         let expected = "metric revenue \"Revenue\" = sum(jobs.amount where status = \"completed\") {\n  format: currency(USD)\n  owner: \"ops\"  // who\n}\n\nmetric growth = revenue / revenue[-1 year] - 1\nmetric r7 =\n    rolling(revenue, 7 days)\n";
         assert_eq!(format_text(input), expected);
         assert_eq!(format_text(expected), expected);
+    }
+
+    #[test]
+    fn normalize_ignores_whitespace_and_comments() {
+        assert_eq!(
+            normalize("sum(jobs.amount   // paid\n   where status=\"x\")"),
+            normalize("sum( jobs.amount where status = \"x\" )")
+        );
+        assert_ne!(normalize("a - b"), normalize("a + b"));
     }
 
     #[test]

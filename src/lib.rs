@@ -24,6 +24,7 @@ pub mod alerts;
 pub mod ast;
 pub mod data;
 pub mod diagnostic;
+pub mod diff;
 pub mod fmt;
 pub mod model;
 pub mod output;

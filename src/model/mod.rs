@@ -412,6 +412,7 @@ impl<'a> Resolver<'a> {
                 span: d.name.span,
                 source: base,
                 expr,
+                text: self.files.text(d.expr.span).to_string(),
                 label: d.meta.label.as_ref().map(|l| l.value.clone()),
                 description: d.meta.description.as_ref().map(|l| l.value.clone()),
             }));

@@ -368,6 +368,8 @@ pub struct Dimension {
     pub span: Span,
     pub source: SourceId,
     pub expr: RowExpr,
+    /// The expression as written.
+    pub text: String,
     pub label: Option<String>,
     pub description: Option<String>,
 }
