@@ -335,3 +335,45 @@ fn fmt_rewrites_files_and_check_lists_what_is_not_formatted() {
     assert!(stderr.contains("metrics/a.tally:1:"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "metric n = count(e\n");
 }
+
+/// The example CI workflow cannot rot: it is YAML with jobs and steps, and every `tally`
+/// command in it is accepted by the command line.
+#[test]
+fn the_example_ci_workflow_uses_commands_that_exist() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ci/tally.yml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let workflow: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let jobs = workflow["jobs"].as_mapping().unwrap();
+    assert_eq!(jobs.len(), 2);
+    let mut commands = Vec::new();
+    for (_, job) in jobs {
+        assert!(job["runs-on"].as_str().is_some());
+        for step in job["steps"].as_sequence().unwrap() {
+            let Some(script) = step["run"].as_str() else { continue };
+            for line in script.lines().map(str::trim).filter(|l| l.starts_with("tally ")) {
+                let line = line.split('>').next().unwrap();
+                let args: Vec<String> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .map(|a| a.trim_matches('"').replace("$BASE_REF", "main"))
+                    .collect();
+                commands.push(args);
+            }
+        }
+    }
+    assert!(commands.len() >= 6, "{commands:?}");
+    for args in commands {
+        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(&args)
+            .args(["--project", "/nonexistent/tally-project"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+        // Arguments accepted: what fails is the missing project, not the command line.
+        assert!(!stderr.contains("Usage:"), "tally {args:?}: {stderr}");
+        assert!(
+            stderr.contains("/nonexistent/tally-project") || stderr.contains("neither a folder nor a git revision"),
+            "tally {args:?}: {stderr}"
+        );
+    }
+}
