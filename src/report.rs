@@ -436,6 +436,7 @@ fn page(
                 })
                 .collect();
             tiles.push(json!({
+                "metric": metric.name,
                 "label": label,
                 "period": shown.map(|p| p.to_string()),
                 "value": show(last, &metric.format),
@@ -501,6 +502,7 @@ fn page(
             }
         }
         reports.push(json!({
+            "name": r.name,
             "title": r.title.clone().unwrap_or_else(|| r.name.clone()),
             "description": r.description,
             "grain": r.grain.name(),

@@ -3,6 +3,7 @@
 
 #![allow(clippy::result_large_err)]
 
+mod browser;
 mod cli;
 mod diagnostics;
 mod diff;
