@@ -354,7 +354,21 @@ pub async fn run(cli: Cli) -> Outcome {
                 Ok(d) => d.unwrap_or_else(|| today(&settings.calendar())),
                 Err(d) => return Outcome::diagnostics(files, &[d], color),
             };
-            match tally::report::run(&loaded.ctx, &loaded.model, files, settings, as_of).await {
+            // Progress on the terminal (nothing when stderr is not one), gone when done.
+            let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} [{pos}/{len}] {msg} ({elapsed})")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            let progress = |p: tally::report::Progress| {
+                bar.set_length(p.steps as u64);
+                bar.set_position(p.step as u64);
+                bar.set_message(p.what);
+            };
+            let result = tally::report::run(&loaded.ctx, &loaded.model, files, settings, as_of, &progress).await;
+            bar.finish_and_clear();
+            match result {
                 Ok(w) => Outcome {
                     stdout: format!(
                         "{} {}/\n",

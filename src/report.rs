@@ -37,16 +37,31 @@ struct Row {
     value: Option<f64>,
 }
 
-/// Computes and writes a version as of a day.
+/// Where a run is: about to do step `step` (from 0) of `steps`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub step: usize,
+    pub steps: usize,
+    pub what: String,
+}
+
+/// Computes and writes a version as of a day, telling `progress` before each step.
 pub async fn run(
     ctx: &SessionContext,
     model: &Model,
     files: &Files,
     settings: &Settings,
     as_of: NaiveDate,
+    progress: &dyn Fn(Progress),
 ) -> Result<Written, Diagnostic> {
     let calendar = settings.calendar();
     let mut rows = Vec::new();
+    let steps = model.reports.iter().map(|r| 1 + r.dimensions.len()).sum::<usize>() + 3;
+    let mut step = 0;
+    let mut tell = |what: String| {
+        progress(Progress { step, steps, what });
+        step += 1;
+    };
     for r in &model.reports {
         let (from, to) = match &r.range {
             Some(text) => {
@@ -60,6 +75,10 @@ pub async fn run(
         let mut breakdowns = vec![Vec::new()];
         breakdowns.extend(r.dimensions.iter().map(|&d| vec![d]));
         for dims in breakdowns {
+            tell(match dims.first() {
+                Some(&d) => format!("report {} by {}", r.name, model.dimensions[d].name),
+                None => format!("report {}", r.name),
+            });
             let query = Query {
                 metrics: r.metrics.clone(),
                 grain: Some(r.grain),
@@ -83,8 +102,11 @@ pub async fn run(
             }
         }
     }
+    tell("targets".into());
     let targets = crate::targets::evaluate(ctx, model, files, settings, as_of).await?;
+    tell("alerts".into());
     let alerts = crate::alerts::evaluate(ctx, model, files, settings, as_of).await?;
+    tell("writing".into());
     let manifest = manifest(model, files, settings, as_of);
     let version = manifest["version"].as_str().unwrap_or_default().to_string();
     let folder = settings.reports.join(&version);
@@ -106,8 +128,8 @@ pub async fn run(
         "index.html",
         page(model, settings, &rows, &targets, &alerts, as_of, &version)?.into_bytes(),
     ));
-    write_version(&settings.reports, &version, &outputs)?;
-    write_index(&settings.reports)?;
+    write_version(&settings.reports, &version, &outputs, &write_durably)?;
+    write_index(&settings.reports, &write_durably)?;
     Ok(Written {
         version,
         folder,
@@ -550,40 +572,59 @@ fn page(
 
 /// Writes a version's files into a temporary folder and renames it into place; a version
 /// that appeared meanwhile (another run) is left as it is.
-fn write_version(reports: &Path, version: &str, outputs: &[(&str, Vec<u8>)]) -> Result<(), Diagnostic> {
-    let fail = |e: std::io::Error, what: &Path| {
-        Diagnostic::data("E0807", format!("cannot write the report to {}: {e}", what.display()))
-            .note("nothing of this version was left behind")
+/// Writes one file: the real one writes it whole and flushes it to the disk before the
+/// folder is renamed into place; tests pass one that fails.
+type WriteFile<'a> = &'a dyn Fn(&Path, &[u8]) -> std::io::Result<()>;
+
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn write_version(
+    reports: &Path,
+    version: &str,
+    outputs: &[(&str, Vec<u8>)],
+    write: WriteFile,
+) -> Result<(), Diagnostic> {
+    let target = reports.join(version);
+    let fail = |e: std::io::Error| {
+        Diagnostic::data(
+            "E0807",
+            format!("cannot write the report version {}: {e}", target.display()),
+        )
+        .note("nothing of this version was left behind; the versions before it are as they were")
     };
-    std::fs::create_dir_all(reports).map_err(|e| fail(e, reports))?;
+    std::fs::create_dir_all(reports).map_err(fail)?;
     let tmp = reports.join(format!(".{version}.{}.tmp", std::process::id()));
     let result = (|| {
         std::fs::create_dir_all(&tmp)?;
         for (name, bytes) in outputs {
-            std::fs::write(tmp.join(name), bytes)?;
+            write(&tmp.join(name), bytes)?;
         }
         Ok(())
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(fail(e, &tmp));
+        return Err(fail(e));
     }
-    let target = reports.join(version);
     match std::fs::rename(&tmp, &target) {
         Ok(()) => Ok(()),
+        // Another run wrote the same version first: the same bytes.
         Err(_) if target.join("manifest.json").exists() => {
             let _ = std::fs::remove_dir_all(&tmp);
             Ok(())
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
-            Err(fail(e, &target))
+            Err(fail(e))
         }
     }
 }
 
-/// `reports/index.html`: every version, newest as-of first; written atomically.
-fn write_index(reports: &Path) -> Result<(), Diagnostic> {
+fn write_index(reports: &Path, write: WriteFile) -> Result<(), Diagnostic> {
     let mut versions: Vec<(String, Value, usize)> = Vec::new();
     if let Ok(entries) = std::fs::read_dir(reports) {
         for e in entries.flatten() {
@@ -608,7 +649,7 @@ fn write_index(reports: &Path) -> Result<(), Diagnostic> {
     }
     versions.sort_by(|a, b| b.1["as_of"].as_str().cmp(&a.1["as_of"].as_str()).then(a.0.cmp(&b.0)));
     let mut h = String::from(
-        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>tally reports</title>\n</head>\n<body>\n<h1>Report versions</h1>\n<table>\n<tr><th>as of</th><th>version</th><th>definitions</th><th>commit</th><th>alerts firing</th></tr>\n",
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\n<title>tally reports</title>\n</head>\n<body>\n<h1>Report versions</h1>\n<table>\n<tr><th>as of</th><th>version</th><th>definitions</th><th>commit</th><th>alerts firing</th></tr>\n",
     );
     for (folder, v, firing) in &versions {
         let short = |key: &str| {
@@ -634,9 +675,62 @@ fn write_index(reports: &Path) -> Result<(), Diagnostic> {
             format!("cannot write {}: {e}", reports.join("index.html").display()),
         )
     };
-    std::fs::write(&tmp, h).map_err(fail)?;
-    std::fs::rename(&tmp, reports.join("index.html")).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        fail(e)
-    })
+    write(&tmp, h.as_bytes())
+        .and_then(|()| std::fs::rename(&tmp, reports.join("index.html")))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            fail(e)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A disk that fills up on the third file: the run fails with the system's reason, and
+    /// neither the version nor a temporary folder is left; the index is not touched.
+    #[test]
+    fn a_full_disk_leaves_nothing_half_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let reports = dir.path().join("reports");
+        let count = std::cell::Cell::new(0);
+        let full = |path: &Path, bytes: &[u8]| {
+            count.set(count.get() + 1);
+            if count.get() == 3 {
+                std::fs::write(path, &bytes[..bytes.len() / 2])?;
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            write_durably(path, bytes)
+        };
+        let outputs: Vec<(&str, Vec<u8>)> = ["manifest.json", "results.json", "alerts.json", "index.html"]
+            .iter()
+            .map(|n| (*n, vec![b'x'; 100]))
+            .collect();
+        let err = write_version(&reports, "2026-01-01-abc", &outputs, &full).unwrap_err();
+        assert_eq!(err.code, "E0807");
+        assert!(err.message.contains("2026-01-01-abc"), "{}", err.message);
+        assert!(err.message.contains("No space left on device"), "{}", err.message);
+        let left: Vec<_> = std::fs::read_dir(&reports)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+
+        count.set(0);
+        write_version(&reports, "2026-01-01-abc", &outputs, &full).unwrap_err();
+        write_version(&reports, "2026-01-01-abc", &outputs[..2], &full).unwrap();
+        write_index(&reports, &write_durably).unwrap();
+        let before = std::fs::read(reports.join("index.html")).unwrap();
+        count.set(2);
+        assert!(write_index(&reports, &full).is_err());
+        assert_eq!(std::fs::read(reports.join("index.html")).unwrap(), before);
+        let mut left: Vec<_> = std::fs::read_dir(&reports)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["2026-01-01-abc", "index.html"]);
+    }
 }
