@@ -8,7 +8,10 @@
    same metric without a window and next to DuckDB's hand-written window SQL (goal: within
    1.5 x the plain metric, no slower than DuckDB).
 
-`ONLY=windows bench/run.sh` runs one part (check, kpis, filters, windows).
+5. Reports: `tally run` on the bundled example; the size of `index.html` for 50 metrics over
+   104 weeks with 5 breakdown values (goal: under 2 MB); `tally diff` on the bundled example.
+
+`ONLY=windows bench/run.sh` runs one part (check, kpis, filters, windows, report).
 """
 
 import os
@@ -76,6 +79,68 @@ def thousand_metrics():
     subprocess.run([TALLY, "check", "--project", project], check=True, stderr=subprocess.DEVNULL)
     t = median_time([TALLY, "check", "--project", project], 21, stderr=subprocess.DEVNULL)
     print(f"check, {n} metrics (+ the example's 15): median {t * 1000:.1f} ms (goal < 100 ms)")
+
+
+def example_copy(name, definitions=None):
+    """The bundled example's definitions (or `definitions`) over its data, reports in OUT."""
+    project = OUT / name
+    shutil.rmtree(project, ignore_errors=True)
+    (project / "metrics").mkdir(parents=True)
+    for f in (ROOT / "metrics").iterdir():
+        shutil.copy(f, project / "metrics" / f.name)
+    for name, text in (definitions or {}).items():
+        (project / "metrics" / name).write_text(text)
+    (project / "tally.yaml").write_text(
+        f"data: {ROOT / 'examples/services/data'}\nweek_start: monday\nthreads: {THREADS}\n")
+    return project
+
+
+def reports():
+    as_of = ["--as-of", "2025-12-31"]
+    project = example_copy("report-example")
+
+    def run():
+        shutil.rmtree(project / "reports", ignore_errors=True)
+        subprocess.run([TALLY, "run", *as_of, "--project", project], check=True, stdout=subprocess.DEVNULL)
+
+    t = median_call(run, 5)
+    page = next((project / "reports").glob("2025-*/index.html"))
+    print(f"run, the bundled example ({len(list((project / 'metrics').glob('*')))} definition files): "
+          f"median {t:.3f} s, index.html {page.stat().st_size / 1e3:.0f} kB")
+
+    # 50 metrics by week over 104 weeks and by channel (5 channels and no channel).
+    channels = ["web_form", "phone", "referral", "organic_search", "paid_ads"]
+    lines, names = [], []
+    for k in range(50):
+        if k % 3 == 0:
+            expr = f'count(enquiries where channel != "{channels[k % 5]}" and customer_id > {k})'
+        elif k % 3 == 1:
+            expr = f'sum(jobs.amount where amount > {k * 10})'
+        else:
+            expr = f"avg(days_between(enquiries.created_at, jobs.started_at) where amount > {k})"
+        fmt = ["number", "currency(USD)", "duration"][k % 3]
+        lines.append(f'metric big{k} "Generated metric {k}" = {expr} {{ format: {fmt} }}')
+        names.append(f"big{k}")
+    lines.append('report big "Fifty metrics" {\n  grain: week\n  range: last 104 weeks\n'
+                 f'  metrics: [{", ".join(names)}]\n  by: channel\n}}')
+    big = example_copy("report-big", {"big.tally": "\n".join(lines) + "\n"})
+    t = time.perf_counter()
+    subprocess.run([TALLY, "run", *as_of, "--project", big], check=True, stdout=subprocess.DEVNULL)
+    t = time.perf_counter() - t
+    folder = next((big / "reports").glob("2025-*/"))
+    sizes = {f.name: f.stat().st_size for f in folder.iterdir()}
+    print(f"run, 50 more metrics x 104 weeks x channel: {t:.2f} s; index.html {sizes['index.html'] / 1e6:.2f} MB "
+          f"(goal < 2 MB), results.json {sizes['results.json'] / 1e6:.2f} MB, "
+          f"results.parquet {sizes['results.parquet'] / 1e6:.2f} MB")
+
+    # A change of one KPI that moves several others.
+    ops = (ROOT / "metrics/operations.tally").read_text()
+    changed = ops.replace('count(enquiries) {', 'count(enquiries where channel != "phone") {', 1)
+    assert changed != ops
+    head = example_copy("diff-head", {"operations.tally": changed})
+    t = median_time([TALLY, "diff", project, head, *as_of, "--project", head], 5)
+    t_dim = median_time([TALLY, "diff", project, head, *as_of, "--dim", "channel", "--project", head], 5)
+    print(f"diff, one KPI changed (5 metrics move): median {t:.3f} s by month, {t_dim:.3f} s by month and channel")
 
 
 def big_project():
@@ -239,6 +304,10 @@ def main():
     want = lambda part: not only or part in only
     if want("check"):
         thousand_metrics()
+    if want("report"):
+        reports()
+    if only and not only & {"kpis", "filters", "windows"}:
+        return
     data, project = big_project()
     if want("kpis"):
         kpis(data, project)
