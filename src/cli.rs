@@ -33,6 +33,18 @@ pub struct Global {
     /// Data root that relative source paths resolve against (overrides tally.yaml).
     #[arg(long, global = true)]
     pub data: Option<String>,
+    /// Where report versions are written (overrides tally.yaml).
+    #[arg(long, global = true)]
+    pub reports: Option<String>,
+    /// A folder outside the data root that sources may read (repeat; adds to tally.yaml's).
+    #[arg(long = "allow-path", global = true)]
+    pub allow_paths: Vec<String>,
+    /// Where checks of unchanged data are remembered, or `off` (overrides tally.yaml).
+    #[arg(long, global = true)]
+    pub cache: Option<String>,
+    /// Where alerts post their changes of state (overrides tally.yaml).
+    #[arg(long, global = true)]
+    pub webhook: Option<String>,
     /// DataFusion memory pool, e.g. 2GB (overrides tally.yaml).
     #[arg(long, global = true)]
     pub memory_limit: Option<String>,
@@ -90,6 +102,20 @@ pub enum Command {
         /// The day (default: today in the project's time zone); no later row is read.
         #[arg(long = "as-of")]
         as_of: Option<String>,
+        #[arg(long, value_enum, default_value = "human")]
+        format: ListFormat,
+    },
+    /// Build the report bundle only (page, results, alerts) into a folder, replacing the
+    /// bundle there: not a version, and no manifest.
+    Report {
+        /// Reports to include (default: all).
+        names: Vec<String>,
+        /// The day (default: today in the project's time zone); no later row is read.
+        #[arg(long = "as-of")]
+        as_of: Option<String>,
+        /// The folder written (default: `latest` in the reports folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Run the tests of definitions (`*.test.yaml` under the definitions folder) on their
     /// fixture rows; exit code 1 when one fails. Needs no data file.
@@ -137,6 +163,12 @@ pub enum Command {
     },
     /// Print the JSON Schema of the YAML definition form.
     Schema,
+    /// Make a new project with an example (settings, definitions, tests and a little data)
+    /// that every command runs on. Nothing existing is overwritten.
+    Init {
+        /// The folder (default: --project); made if it does not exist.
+        dir: Option<PathBuf>,
+    },
     /// What a change of definitions does: the definitions added, removed or changed, and
     /// every number that may move, under both versions on the same data (HEAD's).
     Diff {
@@ -321,6 +353,7 @@ pub async fn run(cli: Cli) -> Outcome {
         }
         Command::Test { format } => test(&cli.global, format, color).await,
         Command::Fmt { check, files } => fmt(&cli.global, check, &files, color),
+        Command::Init { dir } => init(&dir.unwrap_or(cli.global.project), color),
         Command::Diff {
             base,
             head,
@@ -343,7 +376,7 @@ pub async fn run(cli: Cli) -> Outcome {
             };
             diff(&cli.global, args, color).await
         }
-        Command::Run { as_of } => {
+        Command::Run { as_of, format } => {
             let loaded = match load(&cli.global, color).await {
                 Ok(l) => l,
                 Err(o) => return o,
@@ -354,27 +387,73 @@ pub async fn run(cli: Cli) -> Outcome {
                 Ok(d) => d.unwrap_or_else(|| today(&settings.calendar())),
                 Err(d) => return Outcome::diagnostics(files, &[d], color),
             };
-            // Progress on the terminal (nothing when stderr is not one), gone when done.
-            let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} [{pos}/{len}] {msg} ({elapsed})")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-            );
-            bar.enable_steady_tick(std::time::Duration::from_millis(120));
-            let progress = |p: tally::report::Progress| {
-                bar.set_length(p.steps as u64);
-                bar.set_position(p.step as u64);
-                bar.set_message(p.what);
-            };
+            let bar = progress_bar();
+            let progress = |p: tally::report::Progress| show_progress(&bar, p);
             let result = tally::report::run(&loaded.ctx, &loaded.model, files, settings, as_of, &progress).await;
             bar.finish_and_clear();
             match result {
+                Ok(w) if format == ListFormat::Json => Outcome {
+                    stdout: serde_json::to_string_pretty(&serde_json::json!({
+                        "version": w.version,
+                        "folder": settings.display(&w.folder),
+                        "new": w.new,
+                    }))
+                    .unwrap_or_default()
+                        + "\n",
+                    ..Outcome::default()
+                },
                 Ok(w) => Outcome {
                     stdout: format!(
                         "{} {}/\n",
                         if w.new { "wrote" } else { "unchanged:" },
                         settings.display(&w.folder)
                     ),
+                    ..Outcome::default()
+                },
+                Err(d) => Outcome::diagnostics(files, &[d], color),
+            }
+        }
+        Command::Report { names, as_of, out } => {
+            let loaded = match load(&cli.global, color).await {
+                Ok(l) => l,
+                Err(o) => return o,
+            };
+            let settings = &loaded.project.settings;
+            let files = &loaded.project.files;
+            let model = &loaded.model;
+            let args = (|| -> Result<_, Diagnostic> {
+                let as_of =
+                    date_arg(as_of.as_deref(), false, "--as-of")?.unwrap_or_else(|| today(&settings.calendar()));
+                let mut shown = Vec::new();
+                for n in names.iter().flat_map(|n| n.split(',')).filter(|n| !n.is_empty()) {
+                    let i = model.reports.iter().position(|r| r.name == n).ok_or_else(|| {
+                        usage(format!("unknown report `{n}`")).suggest(n, model.reports.iter().map(|r| r.name.as_str()))
+                    })?;
+                    shown.push(i);
+                }
+                if shown.is_empty() {
+                    shown = (0..model.reports.len()).collect();
+                }
+                if shown.is_empty() {
+                    return Err(
+                        usage("the project defines no report").note("a `report NAME { ... }` definition makes one")
+                    );
+                }
+                Ok((as_of, shown))
+            })();
+            let (as_of, shown) = match args {
+                Ok(a) => a,
+                Err(d) => return Outcome::diagnostics(files, &[d], color),
+            };
+            let out = out.unwrap_or_else(|| settings.reports.join("latest"));
+            let bar = progress_bar();
+            let progress = |p: tally::report::Progress| show_progress(&bar, p);
+            let result =
+                tally::report::bundle(&loaded.ctx, model, files, settings, as_of, &shown, &out, &progress).await;
+            bar.finish_and_clear();
+            match result {
+                Ok(()) => Outcome {
+                    stdout: format!("wrote {}/\n", settings.display(&out)),
                     ..Outcome::default()
                 },
                 Err(d) => Outcome::diagnostics(files, &[d], color),
@@ -423,16 +502,36 @@ pub async fn run(cli: Cli) -> Outcome {
     }
 }
 
+/// A progress bar on stderr, drawn only when stderr is a terminal, cleared when done.
+fn progress_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{pos}/{len}] {msg} ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+fn show_progress(bar: &indicatif::ProgressBar, p: tally::report::Progress) {
+    bar.set_length(p.steps as u64);
+    bar.set_position(p.step as u64);
+    bar.set_message(p.what);
+}
+
 fn overrides(g: &Global) -> SettingsFile {
     SettingsFile {
         definitions: g.definitions.clone(),
         data: g.data.clone(),
+        reports: g.reports.clone(),
+        allow_paths: g.allow_paths.clone(),
+        cache: g.cache.clone(),
+        webhook: g.webhook.clone(),
         memory_limit: g.memory_limit.clone(),
         time_zone: g.time_zone.clone(),
         week_start: g.week_start.clone(),
         fiscal_year_start: g.fiscal_year_start.clone(),
         threads: g.threads,
-        ..SettingsFile::default()
     }
 }
 
@@ -516,6 +615,41 @@ async fn check(g: &Global, format: CheckFormat, color: bool) -> Outcome {
             stderr: String::new(),
             code,
         },
+    }
+}
+
+/// `tally init`: the example project's files, none of which may exist yet.
+fn init(dir: &std::path::Path, color: bool) -> Outcome {
+    let files = tally::init::files();
+    let existing: Vec<&str> = files.iter().map(|f| f.0).filter(|f| dir.join(f).exists()).collect();
+    if !existing.is_empty() {
+        let d = usage(format!("{} already holds {}", dir.display(), existing.join(", ")))
+            .note("tally init writes a new project and overwrites nothing; name an empty folder");
+        return Outcome::diagnostics(&Files::default(), &[d], color);
+    }
+    for (path, text) in &files {
+        let target = dir.join(path);
+        let written = target
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&target, text));
+        if let Err(e) = written {
+            let d = Diagnostic::error("E0956", format!("cannot write {}: {e}", target.display()));
+            return Outcome::diagnostics(&Files::default(), &[d], color);
+        }
+    }
+    let shown = dir.display().to_string();
+    let cd = if shown == "." {
+        String::new()
+    } else {
+        format!("cd {shown} && ")
+    };
+    Outcome {
+        stdout: format!(
+            "made a tally project in {shown}: {}\nnext: {cd}tally check && tally query revenue --by week && tally run --as-of 2026-03-31\n",
+            files.iter().map(|f| f.0).collect::<Vec<_>>().join(", ")
+        ),
+        ..Outcome::default()
     }
 }
 

@@ -26,6 +26,7 @@ pub mod data;
 pub mod diagnostic;
 pub mod diff;
 pub mod fmt;
+pub mod init;
 pub mod model;
 pub mod output;
 pub mod percentile;

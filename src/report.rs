@@ -45,24 +45,38 @@ pub struct Progress {
     pub what: String,
 }
 
-/// Computes and writes a version as of a day, telling `progress` before each step.
-pub async fn run(
+/// What a page is made of: the reports' values, the targets and the alerts as of a day.
+struct Computed {
+    rows: Vec<Row>,
+    targets: Vec<TargetResult>,
+    alerts: Vec<AlertResult>,
+}
+
+/// Computes the reports `shown` (indices into the model's reports), every target and every
+/// alert as of a day, telling `progress` before each step; the last step (writing) is the
+/// caller's.
+async fn compute(
     ctx: &SessionContext,
     model: &Model,
     files: &Files,
     settings: &Settings,
     as_of: NaiveDate,
+    shown: &[usize],
     progress: &dyn Fn(Progress),
-) -> Result<Written, Diagnostic> {
+) -> Result<Computed, Diagnostic> {
     let calendar = settings.calendar();
     let mut rows = Vec::new();
-    let steps = model.reports.iter().map(|r| 1 + r.dimensions.len()).sum::<usize>() + 3;
+    let steps = shown
+        .iter()
+        .map(|&r| 1 + model.reports[r].dimensions.len())
+        .sum::<usize>()
+        + 3;
     let mut step = 0;
     let mut tell = |what: String| {
         progress(Progress { step, steps, what });
         step += 1;
     };
-    for r in &model.reports {
+    for r in shown.iter().map(|&r| &model.reports[r]) {
         let (from, to) = match &r.range {
             Some(text) => {
                 let (f, t) = crate::time::relative_range(text, as_of, &calendar)
@@ -107,6 +121,41 @@ pub async fn run(
     tell("alerts".into());
     let alerts = crate::alerts::evaluate(ctx, model, files, settings, as_of).await?;
     tell("writing".into());
+    Ok(Computed { rows, targets, alerts })
+}
+
+/// The files of a bundle: results, alerts and the page.
+fn outputs(
+    model: &Model,
+    settings: &Settings,
+    c: &Computed,
+    shown: &[usize],
+    as_of: NaiveDate,
+    version: &str,
+) -> Result<Vec<(&'static str, Vec<u8>)>, Diagnostic> {
+    let results = results_json(&c.rows, model, &c.targets);
+    Ok(vec![
+        ("results.json", pretty(&results)),
+        ("alerts.json", pretty(&alerts_json(&c.alerts))),
+        ("results.parquet", results_parquet(&results)?),
+        (
+            "index.html",
+            page(model, settings, c, shown, as_of, version)?.into_bytes(),
+        ),
+    ])
+}
+
+/// Computes and writes a version as of a day, telling `progress` before each step.
+pub async fn run(
+    ctx: &SessionContext,
+    model: &Model,
+    files: &Files,
+    settings: &Settings,
+    as_of: NaiveDate,
+    progress: &dyn Fn(Progress),
+) -> Result<Written, Diagnostic> {
+    let all: Vec<usize> = (0..model.reports.len()).collect();
+    let computed = compute(ctx, model, files, settings, as_of, &all, progress).await?;
     let manifest = manifest(model, files, settings, as_of);
     let version = manifest["version"].as_str().unwrap_or_default().to_string();
     let folder = settings.reports.join(&version);
@@ -117,23 +166,79 @@ pub async fn run(
             new: false,
         });
     }
-    let results = results_json(&rows, model, &targets);
-    let mut outputs: Vec<(&str, Vec<u8>)> = vec![
-        ("manifest.json", pretty(&manifest)),
-        ("results.json", pretty(&results)),
-        ("alerts.json", pretty(&alerts_json(&alerts))),
-        ("results.parquet", results_parquet(&results)?),
-    ];
-    outputs.push((
-        "index.html",
-        page(model, settings, &rows, &targets, &alerts, as_of, &version)?.into_bytes(),
-    ));
+    let mut outputs = vec![("manifest.json", pretty(&manifest))];
+    outputs.extend(self::outputs(model, settings, &computed, &all, as_of, &version)?);
     write_version(&settings.reports, &version, &outputs, &write_durably)?;
     write_index(&settings.reports, &write_durably)?;
     Ok(Written {
         version,
         folder,
         new: true,
+    })
+}
+
+/// Computes the reports `shown` (indices into the model's reports) as of a day and writes
+/// their bundle — page, results and alerts; no manifest, not a version — to `out`, replacing
+/// an earlier bundle there as a whole. A folder that holds anything else is left alone.
+#[allow(clippy::too_many_arguments)]
+pub async fn bundle(
+    ctx: &SessionContext,
+    model: &Model,
+    files: &Files,
+    settings: &Settings,
+    as_of: NaiveDate,
+    shown: &[usize],
+    out: &Path,
+    progress: &dyn Fn(Progress),
+) -> Result<(), Diagnostic> {
+    const FILES: [&str; 4] = ["index.html", "results.json", "results.parquet", "alerts.json"];
+    let fail = |e: std::io::Error| {
+        Diagnostic::data(
+            "E0807",
+            format!("cannot write the report bundle {}: {e}", out.display()),
+        )
+        .note("the bundle that was there (if any) is as it was")
+    };
+    if out.exists() {
+        let foreign = std::fs::read_dir(out)
+            .map_err(fail)?
+            .flatten()
+            .any(|e| !FILES.contains(&e.file_name().to_string_lossy().as_ref()));
+        if foreign || !out.is_dir() {
+            return Err(Diagnostic::usage(
+                "E0808",
+                format!(
+                    "{} holds other files than a report bundle; it was not replaced",
+                    out.display()
+                ),
+            )
+            .note("name an empty or new folder with --out"));
+        }
+    }
+    let computed = compute(ctx, model, files, settings, as_of, shown, progress).await?;
+    let outputs = outputs(model, settings, &computed, shown, as_of, "")?;
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or("bundle".into());
+    std::fs::create_dir_all(parent).map_err(fail)?;
+    let fresh = parent.join(format!(".{name}.{}.new", std::process::id()));
+    write_folder(&fresh, &outputs, &write_durably).map_err(fail)?;
+    let old = parent.join(format!(".{name}.{}.old", std::process::id()));
+    let swap = (|| {
+        if out.exists() {
+            std::fs::rename(out, &old)?;
+        }
+        std::fs::rename(&fresh, out)
+    })();
+    let _ = std::fs::remove_dir_all(&old);
+    swap.map_err(|e| {
+        let _ = std::fs::remove_dir_all(&fresh);
+        fail(e)
     })
 }
 
@@ -323,12 +428,12 @@ pub fn escape(text: &str) -> String {
 fn page(
     model: &Model,
     settings: &Settings,
-    rows: &[Row],
-    targets: &[TargetResult],
-    alerts: &[AlertResult],
+    computed: &Computed,
+    shown: &[usize],
     as_of: NaiveDate,
     version: &str,
 ) -> Result<String, Diagnostic> {
+    let Computed { rows, targets, alerts } = computed;
     use crate::ast::Direction;
     use crate::model::Condition;
     let show = |v: Option<f64>, f: &crate::ast::Format| match v {
@@ -338,7 +443,7 @@ fn page(
     let percent = crate::ast::Format::Percent;
     let calendar = settings.calendar();
     let mut reports = Vec::new();
-    for r in &model.reports {
+    for r in shown.iter().map(|&r| &model.reports[r]) {
         let mine: Vec<&Row> = rows.iter().filter(|x| x.report == r.name).collect();
         let mut periods: Vec<NaiveDate> = mine.iter().map(|x| x.period).collect();
         periods.sort();
@@ -583,6 +688,21 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// Writes files into a new folder; on failure nothing of it is left.
+fn write_folder(folder: &Path, outputs: &[(&str, Vec<u8>)], write: WriteFile) -> std::io::Result<()> {
+    let result = (|| {
+        std::fs::create_dir_all(folder)?;
+        for (name, bytes) in outputs {
+            write(&folder.join(name), bytes)?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(folder);
+    }
+    result
+}
+
 fn write_version(
     reports: &Path,
     version: &str,
@@ -599,17 +719,7 @@ fn write_version(
     };
     std::fs::create_dir_all(reports).map_err(fail)?;
     let tmp = reports.join(format!(".{version}.{}.tmp", std::process::id()));
-    let result = (|| {
-        std::fs::create_dir_all(&tmp)?;
-        for (name, bytes) in outputs {
-            write(&tmp.join(name), bytes)?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(fail(e));
-    }
+    write_folder(&tmp, outputs, write).map_err(fail)?;
     match std::fs::rename(&tmp, &target) {
         Ok(()) => Ok(()),
         // Another run wrote the same version first: the same bytes.

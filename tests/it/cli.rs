@@ -377,3 +377,130 @@ fn the_example_ci_workflow_uses_commands_that_exist() {
         );
     }
 }
+
+/// `tally init` makes a project every command runs on, and never overwrites one.
+#[test]
+fn init_makes_a_project_that_checks_queries_tests_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("shop");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(args)
+            .arg("--color=never")
+            .arg("--project")
+            .arg(&project)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr,
+        )
+    };
+    let (code, stdout, stderr) = run(&["init"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("made a tally project in "), "{stdout}");
+    for args in [
+        &["check"][..],
+        &["fmt", "--check"],
+        &["test"],
+        &[
+            "query",
+            "orders",
+            "revenue",
+            "paid_share",
+            "--by",
+            "month",
+            "--dim",
+            "segment",
+        ],
+        &["targets", "--as-of", "2026-03-31"],
+        &["run", "--as-of", "2026-03-31"],
+        &["report", "weekly", "--as-of", "2026-03-31"],
+    ] {
+        let (code, _, stderr) = run(args);
+        assert_eq!(code, 0, "tally {args:?}: {stderr}");
+    }
+    // Every order of the quarter is counted once, whatever the breakdown.
+    let (_, csv, _) = run(&["query", "orders", "--format", "csv"]);
+    let total: u64 = csv.lines().nth(1).unwrap().parse().unwrap();
+    let rows = std::fs::read_to_string(project.join("data/orders.csv"))
+        .unwrap()
+        .lines()
+        .count() as u64
+        - 1;
+    assert_eq!(total, rows);
+    assert!(project.join("reports/latest/index.html").exists());
+    let (code, _, stderr) = run(&["init"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("already holds tally.yaml"), "{stderr}");
+}
+
+/// `tally report` writes a bundle (no manifest, not a version) and replaces only a bundle.
+#[test]
+fn report_writes_a_bundle_and_replaces_only_a_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path();
+    std::fs::create_dir_all(project.join("metrics")).unwrap();
+    std::fs::write(
+        project.join("tally.yaml"),
+        format!("data: {}\n", fixture("shop/data").display()),
+    )
+    .unwrap();
+    std::fs::write(
+        project.join("metrics/m.tally"),
+        "source orders {\n  file: \"orders.csv\"\n  time: ordered_at\n}\nmetric orders = count(orders)\n\
+         report monthly { grain: month metrics: [orders] }\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(args)
+            .args(["--color=never", "--project"])
+            .arg(project)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let out = project.join("bundle");
+    let out_arg = out.to_str().unwrap();
+    assert_eq!(run(&["report", "--as-of", "2026-04-30", "--out", out_arg]).0, 0);
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["alerts.json", "index.html", "results.json", "results.parquet"]);
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let values: Vec<f64> = results["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].as_f64().unwrap())
+        .collect();
+    // By hand from the shop fixture: 4 orders in January, 2 in February, 0 in March, 2 in April.
+    assert_eq!(values, [4.0, 2.0, 0.0, 2.0]);
+    // Again, as of another day: replaced whole.
+    assert_eq!(run(&["report", "--as-of", "2026-02-28", "--out", out_arg]).0, 0);
+    let page = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(page.contains("as of 2026-02-28"));
+    // A folder with anything else in it is not replaced.
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    let (code, stderr) = run(&["report", "--out", out_arg]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("holds other files than a report bundle"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(out.join("notes.txt")).unwrap(), "mine");
+    let (code, stderr) = run(&["report", "monthy"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("did you mean `monthly`?"), "{stderr}");
+    // The reports folder is a flag too.
+    assert_eq!(run(&["run", "--as-of", "2026-04-30", "--reports", "elsewhere"]).0, 0);
+    assert!(project.join("elsewhere/index.html").exists());
+}
