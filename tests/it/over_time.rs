@@ -379,6 +379,20 @@ metric revenue_yoy = revenue / revenue[-1 year] - 1
 target revenue >= 120000 per month from 2026-01
 target conversion >= 25%
 target won_jobs = 1500 by 2026-12-31
+
+alert conversion_drop {
+  when conversion < 20% for 3 days
+  severity critical
+  message "Conversion fell to {{ value }} in {{ period }}"
+}
+alert stale_jobs { when source jobs older than 2 days severity critical }
+
+report weekly "Weekly operations" {
+  grain: week
+  range: last 26 weeks
+  metrics: [enquiries, conversion, revenue, revenue_per_job, days_to_complete]
+  by: channel
+}
 "#;
     let dir = tempfile::tempdir().unwrap();
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/services/data");
@@ -419,4 +433,113 @@ target won_jobs = 1500 by 2026-12-31
     let (y2024, y2025) = (by_year.rows[0].values[0].unwrap(), by_year.rows[1].values[0].unwrap());
     crate::assert_close(by_year.rows[0].values[1], None, "no year before 2024");
     crate::assert_close(by_year.rows[1].values[1], Some(y2025 / y2024 - 1.0), "2025 on 2024");
+
+    // Every command runs on it as written, the YAML form of the same project too.
+    let yaml_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(yaml_dir.path().join("metrics")).unwrap();
+    std::fs::create_dir_all(yaml_dir.path().join("data")).unwrap();
+    for f in ["enquiries.csv", "jobs.parquet"] {
+        std::fs::copy(data.join(f), yaml_dir.path().join("data").join(f)).unwrap();
+    }
+    std::fs::write(yaml_dir.path().join("metrics/operations.yaml"), PRODUCT_YAML).unwrap();
+    // The settings of the product definition, as written there.
+    std::fs::write(
+        yaml_dir.path().join("tally.yaml"),
+        "definitions: metrics        # where .tally and .yaml definitions live\n\
+         data: .                     # relative source paths resolve against this\n\
+         reports: reports            # where versions are written\n\
+         time_zone: Europe/London    # periods are cut at local midnight\n\
+         week_start: monday\n\
+         fiscal_year_start: april\n\
+         memory_limit: 2GB           # DataFusion's memory pool; spill or a clear error beyond it\n",
+    )
+    .unwrap();
+    for project in [dir.path(), yaml_dir.path()] {
+        for args in [
+            &["check"][..],
+            &["list"],
+            &[
+                "query",
+                "enquiries",
+                "conversion",
+                "revenue",
+                "--by",
+                "week",
+                "--dim",
+                "channel",
+            ],
+            &["explain", "revenue"],
+            &["targets", "--as-of", "2025-12-31"],
+            &["alerts", "--as-of", "2025-12-31", "--no-state", "--format", "json"],
+            &["run", "--as-of", "2025-12-31"],
+            &["report", "--as-of", "2025-12-31"],
+        ] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+                .args(args)
+                .arg("--project")
+                .arg(project)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            // Alerts may fire (exit code 1); nothing else may fail.
+            let ok = out.status.code() == Some(0) || (args[0] == "alerts" && out.status.code() == Some(1));
+            assert!(ok, "tally {args:?} in {}: {stderr}", project.display());
+        }
+    }
 }
+
+/// The YAML example of the product definition, exactly as written there.
+const PRODUCT_YAML: &str = r#"sources:
+  enquiries:
+    file: data/enquiries.csv
+    time: created_at
+    key: enquiry_id
+  jobs:
+    file: data/jobs.parquet
+    time: completed_at
+    key: job_id
+    joins:
+      - source: enquiries
+        on: enquiry_id
+
+dimensions:
+  channel: enquiries.channel
+
+metrics:
+  enquiries:
+    label: Enquiries
+    expr: count(enquiries)
+  won_jobs:
+    expr: count(jobs where status = "completed")
+  revenue:
+    label: Revenue
+    expr: sum(jobs.amount where status = "completed")
+    format: currency(USD)
+    owner: operations
+    description: Invoiced revenue of completed jobs
+  conversion:
+    label: Enquiry to job
+    expr: won_jobs / enquiries
+    format: percent
+
+targets:
+  - metric: revenue
+    at_least: 120000
+    per: month
+    from: 2026-01
+
+alerts:
+  conversion_drop:
+    when: conversion < 20%
+    for: 3 days
+    severity: critical
+    message: "Conversion fell to {{ value }} in {{ period }}"
+
+reports:
+  weekly:
+    title: Weekly operations
+    grain: week
+    range: last 26 weeks
+    metrics: [enquiries, conversion, revenue]
+    by: channel
+"#;
