@@ -14,6 +14,7 @@ use crate::model::{
 use crate::span::Files;
 use crate::time::{Calendar, Grain, from_days, to_days};
 
+mod dense;
 pub mod terms;
 
 use chrono::{NaiveDate, TimeZone};
@@ -604,10 +605,24 @@ fn scan_plan(
                         .iter()
                         .map(|&m| measure_expr(model, m).alias(measure_column(m)))
                         .collect::<Vec<_>>();
-                    builder
-                        .aggregate(group, aggs)
-                        .and_then(|b| b.build())
-                        .map_err(internal)?
+                    // By period alone: counts and sums in dense slots per day.
+                    let by_period = match (&group[..], spec.grain, time) {
+                        ([_], Some(g), Some(t)) if spec.dims.is_empty() && !simple => {
+                            Some(period_expr(&time_of(t), g, calendar))
+                        }
+                        _ => None,
+                    };
+                    let dense = match by_period {
+                        Some(key) => dense_aggregate(builder.clone(), key, PERIOD, &aggs)?,
+                        None => None,
+                    };
+                    match dense {
+                        Some(b) => b.build().map_err(internal)?,
+                        None => builder
+                            .aggregate(group, aggs)
+                            .and_then(|b| b.build())
+                            .map_err(internal)?,
+                    }
                 }
             }
         }
@@ -718,9 +733,18 @@ fn windowed(
         .collect();
     if measures.iter().all(|&m| model.measures[m].agg.reaggregatable()) {
         let split = two_phase(model, measures, FilterIn::First);
-        let mut first_group = vec![day.alias("__day")];
-        first_group.extend(dims);
-        let b = builder.aggregate(first_group, split.first).map_err(internal)?;
+        let dense = match dims.is_empty() {
+            true => dense_aggregate(builder.clone(), day.clone(), "__day", &split.first)?,
+            false => None,
+        };
+        let b = match dense {
+            Some(b) => b,
+            None => {
+                let mut first_group = vec![day.alias("__day")];
+                first_group.extend(dims);
+                builder.aggregate(first_group, split.first).map_err(internal)?
+            }
+        };
         let b = join_windows(b, Expr::Column(Column::from_name("__day")), window.mapping)?
             .aggregate(second_group, split.second)
             .map_err(internal)?;
@@ -1085,6 +1109,47 @@ fn two_phase(model: &Model, measures: &[MeasureId], filter_in: FilterIn) -> TwoP
         second,
         averages,
     }
+}
+
+/// `builder.aggregate([key AS name], aggs)` when every aggregate is a count or a sum (with
+/// or without a filter) of a type [`dense`] adds up: one pass into slots per day instead
+/// of a hash table, then a row per key seen, as the aggregate would give. `None` otherwise.
+fn dense_aggregate(builder: LogicalPlanBuilder, key: Expr, name: &str, aggs: &[Expr]) -> Result<Option<LogicalPlanBuilder>> {
+    let schema = builder.schema().clone();
+    let (mut kinds, mut args, mut names) = (Vec::new(), vec![key], Vec::new());
+    for a in aggs {
+        let Expr::Alias(alias) = a else { return Ok(None) };
+        let Expr::AggregateFunction(f) = alias.expr.as_ref() else {
+            return Ok(None);
+        };
+        let sum = match f.func.name() {
+            "count" => false,
+            "sum" => true,
+            _ => return Ok(None),
+        };
+        let [arg] = &f.params.args[..] else { return Ok(None) };
+        if f.params.distinct || !f.params.order_by.is_empty() {
+            return Ok(None);
+        }
+        let ty = datafusion::logical_expr::ExprSchemable::get_type(arg, &schema).map_err(internal)?;
+        let Some(kind) = dense::Kind::of(sum, &ty) else {
+            return Ok(None);
+        };
+        kinds.push(kind);
+        args.push(arg.clone());
+        args.push(f.params.filter.as_deref().cloned().unwrap_or_else(|| lit(true)));
+        names.push(alias.name.clone());
+    }
+    let list = "__dense";
+    let field = |f: String| datafusion::functions::core::expr_fn::get_field(Expr::Column(Column::from_name(list)), f);
+    let columns = std::iter::once(field(dense::KEY.to_string()).alias(name))
+        .chain(names.iter().enumerate().map(|(i, n)| field(dense::value_field(i)).alias(n)));
+    builder
+        .aggregate(Vec::<Expr>::new(), vec![dense::dense(kinds, args).alias(list)])
+        .and_then(|b| b.unnest_column(list))
+        .and_then(|b| b.project(columns))
+        .map(Some)
+        .map_err(internal)
 }
 
 /// Attaches a measure's filter to its aggregate. Set on the aggregate itself: DataFusion's
