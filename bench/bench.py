@@ -239,9 +239,31 @@ def one_against_twenty(data, project):
         con.sql(sql).fetchall()
         return median_call(lambda: con.sql(sql).fetchall(), 5)
 
-    # KPI packs filter on categories (channel, service, region); the worst case is range
-    # filters on a high-cardinality column and on time.
-    for name, make in [("categorical filters", categorical), ("range filters", ranges)]:
+    def same_categorical(i):
+        c, c2 = channels[i % 5], channels[(i + 1) % 5]
+        return [
+            (f'channel = "{c}"', f"channel = '{c}'"),
+            (f'channel != "{c}"', f"channel <> '{c}'"),
+            (f'channel in ("{c}", "{c2}")', f"channel IN ('{c}', '{c2}')"),
+            (f'channel not in ("{c}")', f"channel NOT IN ('{c}')"),
+        ][i % 4]
+
+    def same_ranges(i):
+        return [
+            (f"customer_id > {i * 1000}", f"customer_id > {i * 1000}"),
+            (f"customer_id between {i * 500} and {i * 500 + 200000}",
+             f"customer_id BETWEEN {i * 500} AND {i * 500 + 200000}"),
+            (f"customer_id < {1000000 - i * 100}", f"customer_id < {1000000 - i * 100}"),
+            (f"customer_id >= {i}000 and customer_id < {i}999", f"customer_id >= {i}000 AND customer_id < {i}999"),
+        ][i % 4]
+
+    # More metrics over the columns the one metric reads (what sharing one scan is about),
+    # then KPI packs over more columns: categories (channel, service, region), and the worst
+    # case, range filters on a high-cardinality column and on time, where every metric
+    # reads more columns than the one metric does.
+    sets = [("same column, categorical", same_categorical), ("same column, range", same_ranges),
+            ("categorical filters", categorical), ("range filters", ranges)]
+    for name, make in sets:
         pairs = [make(i) for i in range(20)]
         lines = [f"metric bench_{i} = count(enquiries where {dsl})" for i, (dsl, _) in enumerate(pairs)]
         (project / "metrics" / "bench.tally").write_text("\n".join(lines) + "\n")

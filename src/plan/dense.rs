@@ -20,6 +20,7 @@ use datafusion::arrow::datatypes::{
 use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Expr, Signature, Volatility};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// What one aggregate adds up.
@@ -118,14 +119,18 @@ impl AggregateUDFImpl for Dense {
         Ok(Box::new(Slots {
             kinds: self.kinds.clone(),
             item: self.item(),
-            lo: 0,
+            index: Index::Dense { lo: 0 },
             present: Vec::new(),
             sums: self.kinds.iter().map(|k| Sums::new(*k)).collect(),
         }))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        Ok(vec![Arc::new(Field::new(format!("{}_days", args.name), self.list(), true))])
+        Ok(vec![Arc::new(Field::new(
+            format!("{}_days", args.name),
+            self.list(),
+            true,
+        ))])
     }
 }
 
@@ -143,6 +148,31 @@ impl Sums {
             Kind::Count | Kind::SumInt => Sums::Int(Vec::new(), Vec::new()),
             Kind::SumFloat => Sums::Float(Vec::new(), Vec::new()),
             Kind::SumDecimal(..) => Sums::Decimal(Vec::new(), Vec::new()),
+        }
+    }
+
+    /// Keeps the slots where `keep` is true, in order.
+    fn compact(&mut self, keep: &[bool]) {
+        fn compact<T: Copy>(v: &mut Vec<T>, keep: &[bool]) {
+            let mut i = 0;
+            v.retain(|_| {
+                i += 1;
+                keep[i - 1]
+            });
+        }
+        match self {
+            Sums::Int(v, s) => {
+                compact(v, keep);
+                compact(s, keep);
+            }
+            Sums::Float(v, s) => {
+                compact(v, keep);
+                compact(s, keep);
+            }
+            Sums::Decimal(v, s) => {
+                compact(v, keep);
+                compact(s, keep);
+            }
         }
     }
 
@@ -171,12 +201,22 @@ impl Sums {
     }
 }
 
-/// The slots of every aggregate, from day `lo` on.
+/// Which slot holds a day.
+#[derive(Debug)]
+enum Index {
+    /// Slot `i` holds day `lo + i`.
+    Dense { lo: i32 },
+    /// For days too far apart to keep a slot for every day between them (placeholder
+    /// dates such as 0001-01-01 among today's): a slot per day met.
+    Sparse { slots: HashMap<i32, usize>, days: Vec<i32> },
+}
+
+/// The slots of every aggregate.
 #[derive(Debug)]
 struct Slots {
     kinds: Vec<Kind>,
     item: DataType,
-    lo: i32,
+    index: Index,
     /// Whether a row had this day as its key.
     present: Vec<bool>,
     sums: Vec<Sums>,
@@ -240,33 +280,70 @@ impl Plus for () {
     fn plus(self, _: ()) {}
 }
 
-/// More days than this between the first and the last key is not a dense range.
-const MAX_DAYS: i64 = 1 << 23;
+/// More days than this (about 2,900 years) between the first and the last key is not a
+/// dense range.
+const MAX_DAYS: i64 = 1 << 20;
 
 impl Slots {
-    /// Makes slots for every day from `min` to `max`.
-    fn cover(&mut self, min: i32, max: i32) -> Result<()> {
-        let (lo, hi) = if self.present.is_empty() {
-            (min, max)
-        } else {
-            (min.min(self.lo), max.max(self.lo + self.present.len() as i32 - 1))
-        };
-        if hi as i64 - lo as i64 >= MAX_DAYS {
-            return exec_err!("the dates of the data span more than {MAX_DAYS} days");
-        }
-        let before = if self.present.is_empty() { 0 } else { (self.lo - lo) as usize };
-        let len = (hi - lo + 1) as usize;
-        if before > 0 || len > self.present.len() {
-            if before > 0 {
-                self.present.splice(0..0, std::iter::repeat_n(false, before));
+    /// Makes slots for every day from `min` to `max` (dense), or for every day of `keys`
+    /// (sparse, which the slots become when the days are too far apart).
+    fn cover(&mut self, min: i32, max: i32, keys: &[i32], nulls: Option<&NullBuffer>) {
+        if let Index::Dense { lo: old } = self.index {
+            let (lo, hi) = if self.present.is_empty() {
+                (min, max)
+            } else {
+                (min.min(old), max.max(old + self.present.len() as i32 - 1))
+            };
+            if (hi as i64 - lo as i64) < MAX_DAYS {
+                let before = if self.present.is_empty() {
+                    0
+                } else {
+                    (old - lo) as usize
+                };
+                let len = (hi - lo + 1) as usize;
+                if before > 0 || len > self.present.len() {
+                    if before > 0 {
+                        self.present.splice(0..0, std::iter::repeat_n(false, before));
+                    }
+                    self.present.resize(len, false);
+                    for s in &mut self.sums {
+                        s.grow(before, len);
+                    }
+                }
+                self.index = Index::Dense { lo };
+                return;
             }
-            self.present.resize(len, false);
+            // Too far apart: a slot per day met so far.
+            let days: Vec<i32> = (0..self.present.len())
+                .filter(|&i| self.present[i])
+                .map(|i| old + i as i32)
+                .collect();
             for s in &mut self.sums {
-                s.grow(before, len);
+                s.compact(&self.present);
             }
+            self.present = vec![true; days.len()];
+            let slots = days.iter().enumerate().map(|(i, d)| (*d, i)).collect();
+            self.index = Index::Sparse { slots, days };
         }
-        self.lo = lo;
-        Ok(())
+        if let Index::Sparse { slots, days } = &mut self.index {
+            let present = &mut self.present;
+            let sums = &mut self.sums;
+            runs(
+                &nulls.cloned(),
+                keys,
+                |_| (),
+                |day, _| {
+                    if let std::collections::hash_map::Entry::Vacant(e) = slots.entry(day) {
+                        e.insert(days.len());
+                        days.push(day);
+                        present.push(true);
+                        for s in sums.iter_mut() {
+                            s.grow(0, days.len());
+                        }
+                    }
+                },
+            );
+        }
     }
 
     /// Adds rows: `keys` with, per aggregate, a value (or `None`: merged partial sums, which
@@ -280,25 +357,76 @@ impl Slots {
         if min > max {
             return Ok(());
         }
-        self.cover(min, max)?;
-        let lo = self.lo;
-        let slot = |k: i32| (k - lo) as usize;
         let key_nulls = keys.nulls();
         let k = keys.values();
+        self.cover(min, max, k, key_nulls);
+        let index = &self.index;
+        let slot = |day: i32| match index {
+            Index::Dense { lo } => (day - lo) as usize,
+            Index::Sparse { slots, .. } => slots[&day],
+        };
         let present = &mut self.present;
         runs(&key_nulls.cloned(), k, |_| (), |key, _| present[slot(key)] = true);
+        // Runs of equal keys (when no key is null): counts of rows and of mask bits per run
+        // need no pass over the rows.
+        let key_runs: Option<Vec<(i32, usize, usize)>> = key_nulls.is_none().then(|| {
+            let mut out = Vec::new();
+            let mut start = 0;
+            for i in 1..=k.len() {
+                if i == k.len() || k[i] != k[start] {
+                    out.push((k[start], start, i));
+                    start = i;
+                }
+            }
+            out
+        });
         for ((kind, sums), (value, mask)) in self.kinds.iter().zip(&mut self.sums).zip(values) {
             // The rows that count: a key, a true mask, a value.
-            let mut take = NullBuffer::union(key_nulls, value.nulls());
-            if let Some(m) = mask.filter(|m| m.null_count() > 0 || m.true_count() < m.len()) {
-                // True and not null.
-                let bits = match m.nulls() {
+            let nulls = NullBuffer::union(key_nulls, value.nulls());
+            let bits = mask
+                .filter(|m| m.null_count() > 0 || m.true_count() < m.len())
+                .map(|m| match m.nulls() {
+                    // True and not null.
                     Some(n) => m.values() & n.inner(),
                     None => m.values().clone(),
-                };
-                take = NullBuffer::union(take.as_ref(), Some(&NullBuffer::new(bits)));
-            }
+                });
+            let take = match &bits {
+                Some(b) => NullBuffer::union(nulls.as_ref(), Some(&NullBuffer::new(b.clone()))),
+                None => nulls.clone(),
+            };
+            let whole_runs = key_runs.as_ref().filter(|_| value.nulls().is_none());
             match (kind, sums) {
+                // A count of rows with keys and values: each run's length, or the number of
+                // its mask's bits that are set.
+                (Kind::Count, Sums::Int(v, _)) if mask.is_some() && whole_runs.is_some() => {
+                    for &(key, start, end) in whole_runs.into_iter().flatten() {
+                        let n = match &bits {
+                            Some(b) => b.slice(start, end - start).count_set_bits(),
+                            None => end - start,
+                        };
+                        v[slot(key)] += n as i64;
+                    }
+                }
+                // An unfiltered sum of values that are all there: each run summed in one
+                // vectorised loop.
+                (Kind::SumFloat, Sums::Float(v, seen)) if bits.is_none() && whole_runs.is_some() => {
+                    let x = cast(value, &DataType::Float64)?;
+                    let x = x.as_primitive::<Float64Type>().values();
+                    for &(key, start, end) in whole_runs.into_iter().flatten() {
+                        let s = slot(key);
+                        v[s] += x[start..end].iter().sum::<f64>();
+                        seen[s] = true;
+                    }
+                }
+                (Kind::SumInt, Sums::Int(v, seen)) if bits.is_none() && whole_runs.is_some() => {
+                    let x = cast(value, &DataType::Int64)?;
+                    let x = x.as_primitive::<Int64Type>().values();
+                    for &(key, start, end) in whole_runs.into_iter().flatten() {
+                        let s = slot(key);
+                        v[s] = x[start..end].iter().fold(v[s], |a, b| a.wrapping_add(*b));
+                        seen[s] = true;
+                    }
+                }
                 (Kind::Count, Sums::Int(v, _)) if mask.is_none() => {
                     // Merged partial counts.
                     let x = value.as_primitive::<Int64Type>().values();
@@ -308,28 +436,43 @@ impl Slots {
                 (Kind::SumInt, Sums::Int(v, seen)) => {
                     let x = cast(value, &DataType::Int64)?;
                     let x = x.as_primitive::<Int64Type>().values();
-                    runs(&take, k, |i| x[i], |key, total: i64| {
-                        let s = slot(key);
-                        v[s] = v[s].wrapping_add(total);
-                        seen[s] = true;
-                    });
+                    runs(
+                        &take,
+                        k,
+                        |i| x[i],
+                        |key, total: i64| {
+                            let s = slot(key);
+                            v[s] = v[s].wrapping_add(total);
+                            seen[s] = true;
+                        },
+                    );
                 }
                 (Kind::SumFloat, Sums::Float(v, seen)) => {
                     let x = cast(value, &DataType::Float64)?;
                     let x = x.as_primitive::<Float64Type>().values();
-                    runs(&take, k, |i| x[i], |key, total: f64| {
-                        let s = slot(key);
-                        v[s] += total;
-                        seen[s] = true;
-                    });
+                    runs(
+                        &take,
+                        k,
+                        |i| x[i],
+                        |key, total: f64| {
+                            let s = slot(key);
+                            v[s] += total;
+                            seen[s] = true;
+                        },
+                    );
                 }
                 (Kind::SumDecimal(..), Sums::Decimal(v, seen)) => {
                     let x = value.as_primitive::<Decimal128Type>().values();
-                    runs(&take, k, |i| x[i], |key, total: i128| {
-                        let s = slot(key);
-                        v[s] = v[s].wrapping_add(total);
-                        seen[s] = true;
-                    });
+                    runs(
+                        &take,
+                        k,
+                        |i| x[i],
+                        |key, total: i128| {
+                            let s = slot(key);
+                            v[s] = v[s].wrapping_add(total);
+                            seen[s] = true;
+                        },
+                    );
                 }
                 _ => return exec_err!("tally_dense: slots of another kind"),
             }
@@ -339,13 +482,25 @@ impl Slots {
 
     /// The days seen with their values, as one list of structs.
     fn result(&self) -> Result<ScalarValue> {
-        let days: Vec<usize> = (0..self.present.len()).filter(|&i| self.present[i]).collect();
-        let keys = Date32Array::from_iter_values(days.iter().map(|&i| self.lo + i as i32));
+        let (days, keys): (Vec<usize>, Vec<i32>) = match &self.index {
+            Index::Dense { lo } => (0..self.present.len())
+                .filter(|&i| self.present[i])
+                .map(|i| (i, lo + i as i32))
+                .unzip(),
+            Index::Sparse { days, .. } => {
+                let mut order: Vec<(usize, i32)> = days.iter().copied().enumerate().collect();
+                order.sort_by_key(|x| x.1);
+                order.into_iter().unzip()
+            }
+        };
+        let keys = Date32Array::from(keys);
         let mut columns: Vec<ArrayRef> = vec![Arc::new(keys)];
         for (kind, sums) in self.kinds.iter().zip(&self.sums) {
             let column: ArrayRef = match (kind, sums) {
                 (Kind::Count, Sums::Int(v, _)) => Arc::new(Int64Array::from_iter_values(days.iter().map(|&i| v[i]))),
-                (_, Sums::Int(v, seen)) => Arc::new(Int64Array::from_iter(days.iter().map(|&i| seen[i].then_some(v[i])))),
+                (_, Sums::Int(v, seen)) => {
+                    Arc::new(Int64Array::from_iter(days.iter().map(|&i| seen[i].then_some(v[i]))))
+                }
                 (_, Sums::Float(v, seen)) => {
                     Arc::new(Float64Array::from_iter(days.iter().map(|&i| seen[i].then_some(v[i]))))
                 }
@@ -413,5 +568,157 @@ impl Accumulator for Slots {
             })
             .sum::<usize>();
         std::mem::size_of_val(self) + self.present.len() * per_slot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int32Array, StringArray};
+
+    fn slots(kinds: Vec<Kind>) -> Box<dyn Accumulator> {
+        let d = Dense::new(kinds);
+        Box::new(Slots {
+            kinds: d.kinds.clone(),
+            item: d.item(),
+            index: Index::Dense { lo: 0 },
+            present: Vec::new(),
+            sums: d.kinds.iter().map(|k| Sums::new(*k)).collect(),
+        })
+    }
+
+    /// The (day, values as text) rows of a result.
+    fn rows(v: ScalarValue) -> Vec<(i32, Vec<String>)> {
+        let ScalarValue::List(list) = v else { panic!("a list") };
+        let item = list.value(0);
+        let s = item.as_struct();
+        let keys = s.column(0).as_primitive::<Date32Type>();
+        (0..s.len())
+            .map(|i| {
+                let values = s.columns()[1..]
+                    .iter()
+                    .map(|c| datafusion::arrow::util::display::array_value_to_string(c, i).unwrap_or_default())
+                    .collect();
+                (keys.value(i), values)
+            })
+            .collect()
+    }
+
+    fn date32(v: Vec<Option<i32>>) -> ArrayRef {
+        Arc::new(Date32Array::from(v))
+    }
+
+    /// By hand: keys out of order with a null, a count with a filter (null as false), a
+    /// count of a column with nulls, a sum of integers with nulls and a sum of decimals.
+    #[test]
+    fn counts_and_sums_per_day_as_a_group_by_would() {
+        let mut acc = slots(vec![Kind::Count, Kind::Count, Kind::SumInt, Kind::SumDecimal(20, 2)]);
+        let keys = date32(vec![Some(10), Some(12), Some(10), None, Some(12), Some(11), Some(10)]);
+        let mask: ArrayRef = Arc::new(BooleanArray::from(vec![
+            Some(true),
+            Some(false),
+            None,
+            Some(true),
+            Some(true),
+            Some(false),
+            Some(true),
+        ]));
+        let all: ArrayRef = Arc::new(BooleanArray::from(vec![true; 7]));
+        let names: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("a"),
+            None,
+            Some("b"),
+            Some("c"),
+            Some("d"),
+            None,
+            Some("e"),
+        ]));
+        let ints: ArrayRef = Arc::new(Int32Array::from(vec![
+            Some(1),
+            Some(2),
+            None,
+            Some(4),
+            Some(5),
+            None,
+            Some(7),
+        ]));
+        let cents: ArrayRef = Arc::new(
+            Decimal128Array::from(vec![Some(150), Some(250), Some(1), None, Some(5), None, Some(-1)])
+                .with_precision_and_scale(10, 2)
+                .unwrap(),
+        );
+        let one: ArrayRef = Arc::new(Int64Array::from(vec![1; 7]));
+        acc.update_batch(&[keys, one, mask, names, all.clone(), ints, all.clone(), cents, all])
+            .unwrap();
+        // Day 10: rows 0, 2, 6; day 11: row 5; day 12: rows 1, 4; the null key is left out.
+        assert_eq!(
+            rows(acc.evaluate().unwrap()),
+            vec![
+                (10, vec!["2".into(), "3".into(), "8".into(), "1.50".into()]),
+                (11, vec!["0".into(), "0".into(), "".into(), "".into()]),
+                (12, vec!["1".into(), "1".into(), "7".into(), "2.55".into()]),
+            ]
+        );
+    }
+
+    /// Partial results merge into the whole, and days too far apart for a slot per day
+    /// between them get a slot each.
+    #[test]
+    fn partials_merge_and_far_apart_days_get_their_own_slots() {
+        let far = 2_932_896; // 9999-12-31, more than MAX_DAYS after 2024
+        assert!(far - 20_000 > MAX_DAYS as i32);
+        let batch = |keys: Vec<Option<i32>>, x: Vec<f64>| -> Vec<ArrayRef> {
+            let n = keys.len();
+            vec![
+                date32(keys),
+                Arc::new(Int64Array::from(vec![1; n])),
+                Arc::new(BooleanArray::from(vec![true; n])),
+                Arc::new(Float64Array::from(x)),
+                Arc::new(BooleanArray::from(vec![true; n])),
+            ]
+        };
+        let mut a = slots(vec![Kind::Count, Kind::SumFloat]);
+        a.update_batch(&batch(vec![Some(20_000), Some(20_001)], vec![1.5, 2.0]))
+            .unwrap();
+        let mut b = slots(vec![Kind::Count, Kind::SumFloat]);
+        b.update_batch(&batch(vec![Some(far), Some(20_000)], vec![0.25, 4.0]))
+            .unwrap();
+        let mut whole = slots(vec![Kind::Count, Kind::SumFloat]);
+        let to_array = |v: ScalarValue| v.to_array().unwrap();
+        let states: Vec<ArrayRef> = [a.state().unwrap(), b.state().unwrap()]
+            .into_iter()
+            .map(|s| to_array(s[0].clone()))
+            .collect();
+        let merged = datafusion::arrow::compute::concat(&[states[0].as_ref(), states[1].as_ref()]).unwrap();
+        whole.merge_batch(&[merged]).unwrap();
+        assert_eq!(
+            rows(whole.evaluate().unwrap()),
+            vec![
+                (20_000, vec!["2".into(), "5.5".into()]),
+                (20_001, vec!["1".into(), "2.0".into()]),
+                (far, vec!["1".into(), "0.25".into()]),
+            ]
+        );
+    }
+
+    /// Keys and values all there: counts of mask bits and sums per run of equal keys.
+    #[test]
+    fn runs_of_keys_count_bits_and_sum_whole_runs() {
+        let mut acc = slots(vec![Kind::Count, Kind::SumInt, Kind::SumFloat]);
+        let keys = date32(vec![Some(5), Some(5), Some(5), Some(6), Some(6), Some(5)]);
+        let mask: ArrayRef = Arc::new(BooleanArray::from(vec![true, false, true, true, false, true]));
+        let all: ArrayRef = Arc::new(BooleanArray::from(vec![true; 6]));
+        let one: ArrayRef = Arc::new(Int64Array::from(vec![1; 6]));
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5, 6]));
+        let floats: ArrayRef = Arc::new(Float64Array::from(vec![0.5, 0.25, 0.125, 1.0, 2.0, 4.0]));
+        acc.update_batch(&[keys, one, mask, ints, all.clone(), floats, all])
+            .unwrap();
+        assert_eq!(
+            rows(acc.evaluate().unwrap()),
+            vec![
+                (5, vec!["3".into(), "12".into(), "4.875".into()]),
+                (6, vec!["1".into(), "9".into(), "3.0".into()]),
+            ]
+        );
     }
 }

@@ -596,34 +596,34 @@ fn scan_plan(
         Shape::Plain => {
             let mut group: Vec<Expr> = period.into_iter().collect();
             group.extend(dim_exprs);
-            match filter_columns(model, measures) {
-                Some(columns) if spec.conversion.is_none() && !simple => {
+            let aggs = measures
+                .iter()
+                .map(|&m| measure_expr(model, m).alias(measure_column(m)))
+                .collect::<Vec<_>>();
+            // By period alone: counts and sums in dense slots per day.
+            let by_period = match (&group[..], spec.grain, time) {
+                ([_], Some(g), Some(t)) if spec.dims.is_empty() && !simple => {
+                    Some(period_expr(&time_of(t), g, calendar))
+                }
+                _ => None,
+            };
+            let dense = match by_period {
+                Some(key) if filter_columns(model, measures).is_none() => {
+                    dense_aggregate(builder.clone(), key, PERIOD, &aggs)?
+                }
+                _ => None,
+            };
+            // Filters on categories only are cheaper over rows grouped by those columns first
+            // (string comparisons per row cost more than the grouping).
+            match (filter_columns(model, measures), dense) {
+                (Some(columns), _) if spec.conversion.is_none() && !simple => {
                     pre_aggregated(model, builder, group, columns, measures)?
                 }
-                _ => {
-                    let aggs = measures
-                        .iter()
-                        .map(|&m| measure_expr(model, m).alias(measure_column(m)))
-                        .collect::<Vec<_>>();
-                    // By period alone: counts and sums in dense slots per day.
-                    let by_period = match (&group[..], spec.grain, time) {
-                        ([_], Some(g), Some(t)) if spec.dims.is_empty() && !simple => {
-                            Some(period_expr(&time_of(t), g, calendar))
-                        }
-                        _ => None,
-                    };
-                    let dense = match by_period {
-                        Some(key) => dense_aggregate(builder.clone(), key, PERIOD, &aggs)?,
-                        None => None,
-                    };
-                    match dense {
-                        Some(b) => b.build().map_err(internal)?,
-                        None => builder
-                            .aggregate(group, aggs)
-                            .and_then(|b| b.build())
-                            .map_err(internal)?,
-                    }
-                }
+                (_, Some(b)) => b.build().map_err(internal)?,
+                _ => builder
+                    .aggregate(group, aggs)
+                    .and_then(|b| b.build())
+                    .map_err(internal)?,
             }
         }
         Shape::Window(window, mapping) => {
@@ -1114,7 +1114,12 @@ fn two_phase(model: &Model, measures: &[MeasureId], filter_in: FilterIn) -> TwoP
 /// `builder.aggregate([key AS name], aggs)` when every aggregate is a count or a sum (with
 /// or without a filter) of a type [`dense`] adds up: one pass into slots per day instead
 /// of a hash table, then a row per key seen, as the aggregate would give. `None` otherwise.
-fn dense_aggregate(builder: LogicalPlanBuilder, key: Expr, name: &str, aggs: &[Expr]) -> Result<Option<LogicalPlanBuilder>> {
+fn dense_aggregate(
+    builder: LogicalPlanBuilder,
+    key: Expr,
+    name: &str,
+    aggs: &[Expr],
+) -> Result<Option<LogicalPlanBuilder>> {
     let schema = builder.schema().clone();
     let (mut kinds, mut args, mut names) = (Vec::new(), vec![key], Vec::new());
     for a in aggs {
@@ -1142,8 +1147,12 @@ fn dense_aggregate(builder: LogicalPlanBuilder, key: Expr, name: &str, aggs: &[E
     }
     let list = "__dense";
     let field = |f: String| datafusion::functions::core::expr_fn::get_field(Expr::Column(Column::from_name(list)), f);
-    let columns = std::iter::once(field(dense::KEY.to_string()).alias(name))
-        .chain(names.iter().enumerate().map(|(i, n)| field(dense::value_field(i)).alias(n)));
+    let columns = std::iter::once(field(dense::KEY.to_string()).alias(name)).chain(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| field(dense::value_field(i)).alias(n)),
+    );
     builder
         .aggregate(Vec::<Expr>::new(), vec![dense::dense(kinds, args).alias(list)])
         .and_then(|b| b.unnest_column(list))
