@@ -634,7 +634,7 @@ fn init(dir: &std::path::Path, color: bool) -> Outcome {
             .map_or(Ok(()), std::fs::create_dir_all)
             .and_then(|()| std::fs::write(&target, text));
         if let Err(e) = written {
-            let d = Diagnostic::error("E0956", format!("cannot write {}: {e}", target.display()));
+            let d = Diagnostic::data("E0956", format!("cannot write {}: {e}", target.display()));
             return Outcome::diagnostics(&Files::default(), &[d], color);
         }
     }
@@ -681,7 +681,7 @@ fn version_of(
         return Ok((out, None));
     }
     let dir =
-        tempfile::tempdir().map_err(|e| Diagnostic::error("E0955", format!("cannot make a temporary folder: {e}")))?;
+        tempfile::tempdir().map_err(|e| Diagnostic::data("E0955", format!("cannot make a temporary folder: {e}")))?;
     tally::diff::checkout(&g.project, which, dir.path())?;
     out.project = dir.path().to_path_buf();
     Ok((out, Some(dir)))
@@ -835,7 +835,7 @@ fn fmt(g: &Global, check: bool, paths: &[PathBuf], color: bool) -> Outcome {
             }
             Ok(tally::fmt::Formatted::Changed(out)) => match write_atomic(&path, out.as_bytes()) {
                 Ok(()) => stderr.push_str(&format!("formatted {name}\n")),
-                Err(e) => diags.push(Diagnostic::error("E0952", format!("cannot write `{name}`: {e}")).file(name)),
+                Err(e) => diags.push(Diagnostic::data("E0952", format!("cannot write `{name}`: {e}")).file(name)),
             },
             Err(d) => diags.extend(d),
         }

@@ -897,7 +897,7 @@ pub fn checkout(project: &Path, rev: &str, dest: &Path) -> Result<(), Diagnostic
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
             .and_then(|()| std::fs::write(&target, bytes));
-        write.map_err(|e| Diagnostic::error("E0955", format!("cannot write `{}`: {e}", target.display())))?;
+        write.map_err(|e| Diagnostic::data("E0955", format!("cannot write `{}`: {e}", target.display())))?;
     }
     Ok(())
 }
