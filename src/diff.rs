@@ -96,7 +96,8 @@ pub struct DefinitionChange {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValueChange {
     pub period: NaiveDate,
-    pub dimensions: Vec<Option<String>>,
+    /// The breakdown: each dimension and its value; none for the total.
+    pub dimensions: Vec<(String, Option<String>)>,
     pub before: Option<f64>,
     pub after: Option<f64>,
 }
@@ -148,7 +149,8 @@ pub struct Diff {
     pub base: String,
     pub head: String,
     pub options_grain: Grain,
-    pub dimensions: Vec<String>,
+    /// The breakdowns compared (an empty one is the total).
+    pub breakdowns: Vec<Vec<String>>,
     pub as_of: NaiveDate,
     pub definitions: Vec<DefinitionChange>,
     pub metrics: Vec<MetricNumbers>,
@@ -252,22 +254,62 @@ pub async fn diff(base: &Side<'_>, head: &Side<'_>, options: &Options) -> Result
         }
     }
 
-    let mut metrics = Vec::new();
-    if !affected.is_empty() {
-        let before_table = numbers(base, affected.iter().map(|a| a.0).collect(), options).await?;
-        let after_table = numbers(head, affected.iter().map(|a| a.1).collect(), options).await?;
-        for (i, (_, hid, because)) in affected.into_iter().enumerate() {
-            let mut rows: BTreeMap<RowKey, (Option<f64>, Option<f64>)> = BTreeMap::new();
-            for r in &before_table.rows {
-                let Some(p) = r.period else { continue };
-                rows.entry((p, r.dimensions.clone())).or_default().0 = r.values[i];
+    // Totals, and each breakdown: the one asked for, or else every dimension a report shows
+    // the metric by.
+    let mut breakdowns: Vec<(Vec<String>, Vec<usize>)> = vec![(Vec::new(), (0..affected.len()).collect())];
+    if !options.dimensions.is_empty() {
+        breakdowns.push((options.dimensions.clone(), (0..affected.len()).collect()));
+    } else {
+        let mut by: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for r in &head.model.reports {
+            for &d in &r.dimensions {
+                let name = &head.model.dimensions[d].name;
+                if base.model.dimension(name).is_none() {
+                    continue;
+                }
+                for (i, a) in affected.iter().enumerate() {
+                    let list = by.entry(name.clone()).or_default();
+                    if r.metrics.contains(&a.1) && !list.contains(&i) {
+                        list.push(i);
+                    }
+                }
             }
-            for r in &after_table.rows {
+        }
+        breakdowns.extend(
+            by.into_iter()
+                .filter(|(_, ms)| !ms.is_empty())
+                .map(|(d, ms)| (vec![d], ms)),
+        );
+    }
+    let mut rows: Vec<Rows> = vec![BTreeMap::new(); affected.len()];
+    for (dims, which) in &breakdowns {
+        if which.is_empty() {
+            continue;
+        }
+        let before = numbers(base, which.iter().map(|&i| affected[i].0).collect(), dims, options).await?;
+        let after = numbers(head, which.iter().map(|&i| affected[i].1).collect(), dims, options).await?;
+        for (table, side) in [(&before, 0), (&after, 1)] {
+            for r in &table.rows {
                 let Some(p) = r.period else { continue };
-                rows.entry((p, r.dimensions.clone())).or_default().1 = r.values[i];
+                let key: Vec<(String, Option<String>)> =
+                    dims.iter().cloned().zip(r.dimensions.iter().cloned()).collect();
+                for (col, &i) in which.iter().enumerate() {
+                    let entry = rows[i].entry((p, key.clone())).or_default();
+                    if side == 0 {
+                        entry.0 = r.values[col];
+                    } else {
+                        entry.1 = r.values[col];
+                    }
+                }
             }
+        }
+    }
+    let metrics: Vec<MetricNumbers> = affected
+        .into_iter()
+        .zip(rows)
+        .map(|((_, hid, because), rows)| {
             let m: &Metric = &head.model.metrics[hid];
-            metrics.push(MetricNumbers {
+            MetricNumbers {
                 metric: m.name.clone(),
                 because,
                 format: m.format.clone(),
@@ -280,9 +322,9 @@ pub async fn diff(base: &Side<'_>, head: &Side<'_>, options: &Options) -> Result
                         after,
                     })
                     .collect(),
-            });
-        }
-    }
+            }
+        })
+        .collect();
 
     let mut statuses = target_changes(
         &crate::targets::evaluate(base.ctx, base.model, base.files, base.settings, options.as_of).await?,
@@ -298,7 +340,11 @@ pub async fn diff(base: &Side<'_>, head: &Side<'_>, options: &Options) -> Result
         base: base.name.clone(),
         head: head.name.clone(),
         options_grain: options.grain,
-        dimensions: options.dimensions.clone(),
+        breakdowns: breakdowns
+            .into_iter()
+            .filter(|b| !b.1.is_empty())
+            .map(|b| b.0)
+            .collect(),
         as_of: options.as_of,
         definitions,
         metrics,
@@ -307,7 +353,10 @@ pub async fn diff(base: &Side<'_>, head: &Side<'_>, options: &Options) -> Result
 }
 
 /// A period and breakdown value.
-type RowKey = (NaiveDate, Vec<Option<String>>);
+type RowKey = (NaiveDate, Vec<(String, Option<String>)>);
+
+/// A metric's values before and after, by period and breakdown value.
+type Rows = BTreeMap<RowKey, (Option<f64>, Option<f64>)>;
 
 /// What a definition means, and its metadata, as comparable text.
 struct Fingerprint {
@@ -551,10 +600,10 @@ fn read_sources(model: &Model, id: MetricId) -> BTreeSet<usize> {
 async fn numbers(
     side: &Side<'_>,
     metrics: Vec<MetricId>,
+    dimensions: &[String],
     options: &Options,
 ) -> Result<crate::run::ResultTable, Diagnostic> {
-    let dimensions = options
-        .dimensions
+    let dimensions = dimensions
         .iter()
         .map(|d| {
             side.model.dimension(d).ok_or_else(|| {
@@ -651,10 +700,16 @@ pub fn markdown(d: &Diff, fail_over: Option<f64>) -> String {
             ));
         }
     }
-    let by = if d.dimensions.is_empty() {
+    let shown: Vec<String> = d
+        .breakdowns
+        .iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| b.join(" × "))
+        .collect();
+    let by = if shown.is_empty() {
         String::new()
     } else {
-        format!(" and {}", d.dimensions.join(", "))
+        format!("; totals and by {}", shown.join(", by "))
     };
     out.push_str(&format!(
         "\n### Numbers (by {}{by}, as of {}, same data)\n\n",
@@ -688,17 +743,25 @@ pub fn markdown(d: &Diff, fail_over: Option<f64>) -> String {
             m.values.len(),
             percent(largest)
         ));
-        out.push_str("| period |");
-        for dim in &d.dimensions {
-            out.push_str(&format!(" {} |", cell(dim)));
-        }
+        let broken = m.values.iter().any(|v| !v.dimensions.is_empty());
+        out.push_str(if broken { "| period | breakdown |" } else { "| period |" });
         out.push_str(" before | after | change | change % |\n|---|");
-        out.push_str(&"---|".repeat(d.dimensions.len()));
+        if broken {
+            out.push_str("---|");
+        }
         out.push_str("---:|---:|---:|---:|\n");
         for v in moved.iter().take(SHOWN_ROWS) {
             out.push_str(&format!("| {} |", v.period));
-            for value in &v.dimensions {
-                out.push_str(&format!(" {} |", cell(value.as_deref().unwrap_or("(none)"))));
+            if broken {
+                let text = match &v.dimensions[..] {
+                    [] => "total".to_string(),
+                    dims => dims
+                        .iter()
+                        .map(|(d, x)| format!("{d}: {}", x.as_deref().unwrap_or("(none)")))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                };
+                out.push_str(&format!(" {} |", cell(&text)));
             }
             out.push_str(&format!(
                 " {} | {} | {} | {} |\n",
@@ -800,7 +863,7 @@ pub fn json(d: &Diff) -> Value {
         "base": d.base,
         "head": d.head,
         "grain": d.options_grain.name(),
-        "dimensions": d.dimensions,
+        "breakdowns": d.breakdowns,
         "as_of": d.as_of.to_string(),
         "definitions": d.definitions.iter().map(|c| {
             let mut o = json!({"kind": c.kind.name(), "name": c.name});
@@ -823,7 +886,7 @@ pub fn json(d: &Diff) -> Value {
                 let pct = v.moved_percent() * sign(v);
                 json!({
                     "period": v.period.to_string(),
-                    "dimensions": d.dimensions.iter().cloned().zip(v.dimensions.iter().cloned()).collect::<BTreeMap<_, _>>(),
+                    "dimensions": v.dimensions.iter().cloned().collect::<BTreeMap<_, _>>(),
                     "before": value(v.before),
                     "after": value(v.after),
                     "change": match (v.before, v.after) { (Some(a), Some(b)) => value(Some(b - a)), _ => Value::Null },

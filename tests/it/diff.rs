@@ -24,6 +24,8 @@ alert low_revenue {
   when revenue < 380 per month
   severity critical
 }
+
+report monthly { grain: month metrics: [revenue, orders] by: channel }
 "#;
 
 /// Whitespace and a comment on `orders` (no change), a label on `paid_orders` (metadata),
@@ -49,6 +51,8 @@ alert low_revenue {
   when revenue < 380 per month
   severity critical
 }
+
+report monthly { grain: month metrics: [revenue, orders] by: channel }
 "#;
 
 fn project(dir: &Path, definitions: &str) {
@@ -139,6 +143,7 @@ fn a_change_against_a_git_revision() {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|v| v["dimensions"] == serde_json::json!({}))
         .map(|v| {
             (
                 v["period"].as_str().unwrap(),
@@ -160,18 +165,43 @@ fn a_change_against_a_git_revision() {
     let jan = &metrics[0]["values"][0];
     assert_eq!(jan["change"].as_f64().unwrap(), 40.0);
     assert!((jan["change_pct"].as_f64().unwrap() - 40.0 / 360.5 * 100.0).abs() < 1e-9);
+    // By channel: the refunded order was a web order; phone and no channel do not move.
+    let by_channel: Vec<(&str, &str, f64, f64)> = metrics[0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["dimensions"] != serde_json::json!({}) && v["period"] == "2026-01-01")
+        .map(|v| {
+            (
+                v["dimensions"]["channel"].as_str().unwrap_or("(none)"),
+                v["period"].as_str().unwrap(),
+                v["before"].as_f64().unwrap(),
+                v["after"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_channel,
+        [
+            ("(none)", "2026-01-01", 10.0, 10.0),
+            ("phone", "2026-01-01", 250.5, 250.5),
+            ("web", "2026-01-01", 100.0, 140.0),
+        ]
+    );
 
-    // January moves 11.1%: over a 10% tolerance, under a 20% one.
-    let (code, _, stderr) = tally(
-        dir.path(),
-        &["diff", "HEAD", "--as-of", "2026-04-30", "--fail-over", "10"],
-    );
-    assert_eq!((code, stderr.as_str()), (1, "1 value moves more than 10%\n"));
-    let (code, _, _) = tally(
-        dir.path(),
-        &["diff", "HEAD", "--as-of", "2026-04-30", "--fail-over", "20"],
-    );
-    assert_eq!(code, 0);
+    // January moves 11.1% in all and 40% for web orders: both over a 10% tolerance, one
+    // over 20%, none over 50%.
+    let fail_over = |pct: &str| {
+        tally(
+            dir.path(),
+            &["diff", "HEAD", "--as-of", "2026-04-30", "--fail-over", pct],
+        )
+    };
+    let (code, _, stderr) = fail_over("10");
+    assert_eq!((code, stderr.as_str()), (1, "2 values move more than 10%\n"));
+    let (code, _, stderr) = fail_over("20");
+    assert_eq!((code, stderr.as_str()), (1, "1 value moves more than 20%\n"));
+    assert_eq!(fail_over("50").0, 0);
 
     // Two revisions: the change committed, compared with the commit before it.
     git(dir.path(), &["commit", "-qam", "head"]);
