@@ -200,11 +200,12 @@ pub async fn bundle(
         .note("the bundle that was there (if any) is as it was")
     };
     if out.exists() {
-        let foreign = std::fs::read_dir(out)
-            .map_err(fail)?
-            .flatten()
-            .any(|e| !FILES.contains(&e.file_name().to_string_lossy().as_ref()));
-        if foreign || !out.is_dir() {
+        let foreign = !out.is_dir()
+            || std::fs::read_dir(out)
+                .map_err(fail)?
+                .flatten()
+                .any(|e| !FILES.contains(&e.file_name().to_string_lossy().as_ref()));
+        if foreign {
             return Err(Diagnostic::usage(
                 "E0808",
                 format!(
