@@ -209,7 +209,7 @@ pub async fn bundle(
             return Err(Diagnostic::usage(
                 "E0808",
                 format!(
-                    "{} holds other files than a report bundle; it was not replaced",
+                    "{} is not a report bundle (a folder of index.html, results and alerts only); it was not replaced",
                     out.display()
                 ),
             )

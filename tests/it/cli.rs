@@ -495,7 +495,7 @@ fn report_writes_a_bundle_and_replaces_only_a_bundle() {
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
     let (code, stderr) = run(&["report", "--out", out_arg]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("holds other files than a report bundle"), "{stderr}");
+    assert!(stderr.contains("is not a report bundle"), "{stderr}");
     assert_eq!(std::fs::read_to_string(out.join("notes.txt")).unwrap(), "mine");
     let (code, stderr) = run(&["report", "monthy"]);
     assert_eq!(code, 2);
