@@ -62,7 +62,7 @@ target paid_share >= 80% per week
 alert revenue_drop {
   when revenue change vs previous < -25% per week
   severity warning
-  message "Revenue fell {{ value }} in the week of {{ period }}"
+  message "Revenue fell to {{ value }} in the week of {{ period }}, from {{ earlier }}"
 }
 alert stale_orders { when source orders older than 3 days severity critical }
 
