@@ -155,6 +155,8 @@ pub struct Diff {
     pub definitions: Vec<DefinitionChange>,
     pub metrics: Vec<MetricNumbers>,
     pub statuses: Vec<StatusChange>,
+    /// Why targets or alerts were not compared.
+    pub unevaluated: Vec<String>,
 }
 
 impl Diff {
@@ -326,16 +328,26 @@ pub async fn diff(base: &Side<'_>, head: &Side<'_>, options: &Options) -> Result
         })
         .collect();
 
-    let mut statuses = target_changes(
-        &crate::targets::evaluate(base.ctx, base.model, base.files, base.settings, options.as_of).await?,
-        base.model,
-        &crate::targets::evaluate(head.ctx, head.model, head.files, head.settings, options.as_of).await?,
-        head.model,
+    // Targets and alerts: a version whose targets or alerts cannot be evaluated as of the
+    // day (a deadline before the data, say) does not stop the comparison of the numbers.
+    let mut statuses = Vec::new();
+    let mut unevaluated = Vec::new();
+    let targets = (
+        crate::targets::evaluate(base.ctx, base.model, base.files, base.settings, options.as_of).await,
+        crate::targets::evaluate(head.ctx, head.model, head.files, head.settings, options.as_of).await,
     );
-    statuses.extend(alert_changes(
-        &crate::alerts::evaluate(base.ctx, base.model, base.files, base.settings, options.as_of).await?,
-        &crate::alerts::evaluate(head.ctx, head.model, head.files, head.settings, options.as_of).await?,
-    ));
+    match targets {
+        (Ok(b), Ok(h)) => statuses.extend(target_changes(&b, base.model, &h, head.model)),
+        (Err(e), _) | (_, Err(e)) => unevaluated.push(format!("targets: {}", e.message)),
+    }
+    let alerts = (
+        crate::alerts::evaluate(base.ctx, base.model, base.files, base.settings, options.as_of).await,
+        crate::alerts::evaluate(head.ctx, head.model, head.files, head.settings, options.as_of).await,
+    );
+    match alerts {
+        (Ok(b), Ok(h)) => statuses.extend(alert_changes(&b, &h)),
+        (Err(e), _) | (_, Err(e)) => unevaluated.push(format!("alerts: {}", e.message)),
+    }
     Ok(Diff {
         base: base.name.clone(),
         head: head.name.clone(),
@@ -349,6 +361,7 @@ pub async fn diff(base: &Side<'_>, head: &Side<'_>, options: &Options) -> Result
         definitions,
         metrics,
         statuses,
+        unevaluated,
     })
 }
 
@@ -785,6 +798,9 @@ pub fn markdown(d: &Diff, fail_over: Option<f64>) -> String {
             same.join(", ")
         ));
     }
+    for why in &d.unevaluated {
+        out.push_str(&format!("Not compared: {}\n\n", cell(why)));
+    }
     if !d.statuses.is_empty() {
         out.push_str("### Targets and alerts whose status changes\n\n| | name | period | before | after |\n|---|---|---|---|---|\n");
         for s in &d.statuses {
@@ -895,6 +911,7 @@ pub fn json(d: &Diff) -> Value {
                 })
             }).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+        "not_compared": d.unevaluated,
         "statuses": d.statuses.iter().map(|s| json!({
             "kind": s.kind.name(),
             "name": s.name,

@@ -235,6 +235,10 @@ fn two_folders_on_the_head_folders_data() {
     let head = tempfile::tempdir().unwrap();
     project(base.path(), BASE);
     project(head.path(), HEAD);
+    // A deadline before the data cannot be evaluated: the numbers are compared all the same.
+    for p in [base.path(), head.path()] {
+        std::fs::write(p.join("metrics/deadline.tally"), "target orders = 10 by 2025-12-31\n").unwrap();
+    }
     // The base folder's own data would give other numbers; HEAD's data is used for both.
     std::fs::write(
         base.path().join("data/orders.csv"),
@@ -259,4 +263,12 @@ fn two_folders_on_the_head_folders_data() {
     let d: serde_json::Value = serde_json::from_str(&json).unwrap();
     let v = &d["metrics"][0]["values"][0];
     assert_eq!((v["before"].as_f64(), v["after"].as_f64()), (Some(720.5), Some(760.5)));
+    let not_compared = d["not_compared"].as_array().unwrap();
+    assert_eq!(not_compared.len(), 1, "{not_compared:?}");
+    assert!(
+        not_compared[0]
+            .as_str()
+            .unwrap()
+            .starts_with("targets: the deadline 2025-12-31 is before the data")
+    );
 }
