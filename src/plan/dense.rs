@@ -67,21 +67,25 @@ pub fn value_field(i: usize) -> String {
     format!("v{i}")
 }
 
-/// `tally_dense(key, value, mask, ...)` with one (value, mask) pair per kind.
-pub fn dense(kinds: Vec<Kind>, args: Vec<Expr>) -> Expr {
-    AggregateUDF::from(Dense::new(kinds)).call(args)
+/// `tally_dense(key, value, mask, ...)`: after the key, per aggregate its value and its
+/// mask, or only its mask for a count of rows (`rows`: a literal value would be made into an
+/// array for every batch).
+pub fn dense(kinds: Vec<Kind>, rows: Vec<bool>, args: Vec<Expr>) -> Expr {
+    AggregateUDF::from(Dense::new(kinds, rows)).call(args)
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Dense {
     kinds: Vec<Kind>,
+    rows: Vec<bool>,
     signature: Signature,
 }
 
 impl Dense {
-    fn new(kinds: Vec<Kind>) -> Self {
+    fn new(kinds: Vec<Kind>, rows: Vec<bool>) -> Self {
         Dense {
             kinds,
+            rows,
             signature: Signature::variadic_any(Volatility::Immutable),
         }
     }
@@ -118,6 +122,7 @@ impl AggregateUDFImpl for Dense {
     fn accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         Ok(Box::new(Slots {
             kinds: self.kinds.clone(),
+            rows: self.rows.clone(),
             item: self.item(),
             index: Index::Dense { lo: 0 },
             present: Vec::new(),
@@ -215,6 +220,8 @@ enum Index {
 #[derive(Debug)]
 struct Slots {
     kinds: Vec<Kind>,
+    /// Which aggregates count rows (they have a mask and no value argument).
+    rows: Vec<bool>,
     item: DataType,
     index: Index,
     /// Whether a row had this day as its key.
@@ -530,10 +537,18 @@ impl Accumulator for Slots {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
         let keys = cast(&values[0], &DataType::Date32)?;
         let keys = keys.as_primitive::<Date32Type>();
-        let pairs: Vec<(ArrayRef, Option<&BooleanArray>)> = values[1..]
-            .chunks(2)
-            .map(|c| (c[0].clone(), Some(c[1].as_boolean())))
-            .collect();
+        let mut pairs: Vec<(ArrayRef, Option<&BooleanArray>)> = Vec::with_capacity(self.kinds.len());
+        let mut at = 1;
+        for &rows in &self.rows {
+            if rows {
+                // A row counts when it has a key: the keys stand in for the value.
+                pairs.push((values[0].clone(), Some(values[at].as_boolean())));
+                at += 1;
+            } else {
+                pairs.push((values[at].clone(), Some(values[at + 1].as_boolean())));
+                at += 2;
+            }
+        }
         self.add(keys, &pairs)
     }
 
@@ -577,9 +592,11 @@ mod tests {
     use datafusion::arrow::array::{Int32Array, StringArray};
 
     fn slots(kinds: Vec<Kind>) -> Box<dyn Accumulator> {
-        let d = Dense::new(kinds);
+        let rows = vec![false; kinds.len()];
+        let d = Dense::new(kinds, rows);
         Box::new(Slots {
             kinds: d.kinds.clone(),
+            rows: d.rows.clone(),
             item: d.item(),
             index: Index::Dense { lo: 0 },
             present: Vec::new(),
@@ -719,6 +736,29 @@ mod tests {
                 (5, vec!["3".into(), "12".into(), "4.875".into()]),
                 (6, vec!["1".into(), "9".into(), "3.0".into()]),
             ]
+        );
+    }
+
+    /// A count of rows has only a mask: a row counts when it has a key and its mask is true.
+    #[test]
+    fn counts_of_rows_take_a_mask_only() {
+        let d = Dense::new(vec![Kind::Count, Kind::SumInt], vec![true, false]);
+        let mut acc = Slots {
+            kinds: d.kinds.clone(),
+            rows: d.rows.clone(),
+            item: d.item(),
+            index: Index::Dense { lo: 0 },
+            present: Vec::new(),
+            sums: d.kinds.iter().map(|k| Sums::new(*k)).collect(),
+        };
+        let keys = date32(vec![Some(1), Some(1), None, Some(2)]);
+        let mask: ArrayRef = Arc::new(BooleanArray::from(vec![true, false, true, true]));
+        let all: ArrayRef = Arc::new(BooleanArray::from(vec![true; 4]));
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![10, 20, 30, 40]));
+        acc.update_batch(&[keys, mask, ints, all]).unwrap();
+        assert_eq!(
+            rows(acc.evaluate().unwrap()),
+            vec![(1, vec!["1".into(), "30".into()]), (2, vec!["1".into(), "40".into()])]
         );
     }
 }

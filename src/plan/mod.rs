@@ -1121,7 +1121,7 @@ fn dense_aggregate(
     aggs: &[Expr],
 ) -> Result<Option<LogicalPlanBuilder>> {
     let schema = builder.schema().clone();
-    let (mut kinds, mut args, mut names) = (Vec::new(), vec![key], Vec::new());
+    let (mut kinds, mut rows, mut args, mut names) = (Vec::new(), Vec::new(), vec![key], Vec::new());
     for a in aggs {
         let Expr::Alias(alias) = a else { return Ok(None) };
         let Expr::AggregateFunction(f) = alias.expr.as_ref() else {
@@ -1140,8 +1140,13 @@ fn dense_aggregate(
         let Some(kind) = dense::Kind::of(sum, &ty) else {
             return Ok(None);
         };
+        // `count(1)`: rows, with no value argument.
+        let counts_rows = !sum && matches!(arg, Expr::Literal(v, _) if !v.is_null());
         kinds.push(kind);
-        args.push(arg.clone());
+        rows.push(counts_rows);
+        if !counts_rows {
+            args.push(arg.clone());
+        }
         args.push(f.params.filter.as_deref().cloned().unwrap_or_else(|| lit(true)));
         names.push(alias.name.clone());
     }
@@ -1154,7 +1159,7 @@ fn dense_aggregate(
             .map(|(i, n)| field(dense::value_field(i)).alias(n)),
     );
     builder
-        .aggregate(Vec::<Expr>::new(), vec![dense::dense(kinds, args).alias(list)])
+        .aggregate(Vec::<Expr>::new(), vec![dense::dense(kinds, rows, args).alias(list)])
         .and_then(|b| b.unnest_column(list))
         .and_then(|b| b.project(columns))
         .map(Some)
