@@ -344,8 +344,13 @@ pub fn build_with_range(
                 let Some(from) = mapping.iter().map(|x| x.0).min() else {
                     continue;
                 };
-                let to = mapping.iter().map(|x| x.0).max();
-                (Some(from_days(from)), to.map(from_days), Shape::Window(w, mapping))
+                let to = mapping.iter().map(|x| x.0).max().map(from_days);
+                let from = from_days(from);
+                // The join with the window days keeps the days of the windows only; a range
+                // condition that all the data passes would cost two comparisons per row.
+                let from = range.is_none_or(|r| r.0 < from).then_some(from);
+                let to = to.filter(|&t| range.is_none_or(|r| r.1 > t));
+                (from, to, Shape::Window(w, mapping))
             }
         };
         let spec = ScanSpec {
