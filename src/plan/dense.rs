@@ -3,10 +3,11 @@
 //! Grouping 10 million rows by a date costs DataFusion a hash-table probe per row, a third
 //! of a whole daily query. Dates of one query span a few hundred or thousand days, so
 //! `tally_dense(key, value₁, mask₁, value₂, mask₂, ...)` keeps one slot per day from the
-//! first to the last date it meets, adds each row into its slot, and returns the days seen
-//! with their sums as a list of structs, which the plan unnests into the rows a
-//! `GROUP BY key` would have given: the same keys (every date with a row), counts (0 where
-//! no row passes the mask) and sums (null where no value is summed).
+//! first to the last date it meets (one per day met, when they are thousands of years
+//! apart), adds each run of equal keys into its slot at once, and returns the days seen with
+//! their sums as a list of structs, which the plan unnests into the rows a `GROUP BY key`
+//! would have given: the same keys (every date with a row), counts (0 where no row passes
+//! the mask) and sums (null where no value is summed).
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array, ListArray,
@@ -26,7 +27,7 @@ use std::sync::Arc;
 /// What one aggregate adds up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
-    /// Rows whose value is not null (`count(*)` passes a literal).
+    /// Rows whose value is not null (a count of rows passes no value: see [`dense`]).
     Count,
     /// A sum of integers, as Int64.
     SumInt,
