@@ -142,69 +142,65 @@ impl AggregateUDFImpl for Dense {
 
 /// One aggregate's slots, and whether each has a value (sums of nothing are null).
 #[derive(Debug)]
-enum Sums {
-    Int(Vec<i64>, Vec<bool>),
-    Float(Vec<f64>, Vec<bool>),
-    Decimal(Vec<i128>, Vec<bool>),
+struct Sums {
+    values: Values,
+    seen: Vec<bool>,
+}
+
+#[derive(Debug)]
+enum Values {
+    Int(Vec<i64>),
+    Float(Vec<f64>),
+    Decimal(Vec<i128>),
 }
 
 impl Sums {
     fn new(kind: Kind) -> Sums {
-        match kind {
-            Kind::Count | Kind::SumInt => Sums::Int(Vec::new(), Vec::new()),
-            Kind::SumFloat => Sums::Float(Vec::new(), Vec::new()),
-            Kind::SumDecimal(..) => Sums::Decimal(Vec::new(), Vec::new()),
+        let values = match kind {
+            Kind::Count | Kind::SumInt => Values::Int(Vec::new()),
+            Kind::SumFloat => Values::Float(Vec::new()),
+            Kind::SumDecimal(..) => Values::Decimal(Vec::new()),
+        };
+        Sums {
+            values,
+            seen: Vec::new(),
         }
     }
 
     /// Keeps the slots where `keep` is true, in order.
     fn compact(&mut self, keep: &[bool]) {
-        fn compact<T: Copy>(v: &mut Vec<T>, keep: &[bool]) {
-            let mut i = 0;
-            v.retain(|_| {
-                i += 1;
-                keep[i - 1]
-            });
-        }
-        match self {
-            Sums::Int(v, s) => {
-                compact(v, keep);
-                compact(s, keep);
-            }
-            Sums::Float(v, s) => {
-                compact(v, keep);
-                compact(s, keep);
-            }
-            Sums::Decimal(v, s) => {
-                compact(v, keep);
-                compact(s, keep);
-            }
+        compact(&mut self.seen, keep);
+        match &mut self.values {
+            Values::Int(v) => compact(v, keep),
+            Values::Float(v) => compact(v, keep),
+            Values::Decimal(v) => compact(v, keep),
         }
     }
 
     /// Makes room for `before` slots in front and `len` in all.
     fn grow(&mut self, before: usize, len: usize) {
-        fn grow<T: Copy + Default>(v: &mut Vec<T>, before: usize, len: usize) {
-            if before > 0 {
-                v.splice(0..0, std::iter::repeat_n(T::default(), before));
-            }
-            v.resize(len, T::default());
-        }
-        match self {
-            Sums::Int(v, s) => {
-                grow(v, before, len);
-                grow(s, before, len);
-            }
-            Sums::Float(v, s) => {
-                grow(v, before, len);
-                grow(s, before, len);
-            }
-            Sums::Decimal(v, s) => {
-                grow(v, before, len);
-                grow(s, before, len);
-            }
+        grow(&mut self.seen, before, len);
+        match &mut self.values {
+            Values::Int(v) => grow(v, before, len),
+            Values::Float(v) => grow(v, before, len),
+            Values::Decimal(v) => grow(v, before, len),
         }
     }
+}
+
+fn compact<T: Copy>(v: &mut Vec<T>, keep: &[bool]) {
+    let mut i = 0;
+    v.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+}
+
+fn grow<T: Copy + Default>(v: &mut Vec<T>, before: usize, len: usize) {
+    if before > 0 {
+        v.splice(0..0, std::iter::repeat_n(T::default(), before));
+    }
+    v.resize(len, T::default());
 }
 
 /// Which slot holds a day.
@@ -261,6 +257,36 @@ fn runs<T: Copy + Plus>(
     }
 }
 
+/// Adds the values of the rows `take` keeps into their keys' slots: over runs of equal keys,
+/// or, when every row of a run counts (`whole`: no mask, no null), each run in one loop.
+fn add_sums<T: Copy + Plus>(
+    x: &[T],
+    v: &mut [T],
+    seen: &mut [bool],
+    take: &Option<NullBuffer>,
+    keys: &[i32],
+    whole: Option<&Vec<(i32, usize, usize)>>,
+    slot: impl Fn(i32) -> usize,
+) {
+    let mut add = |key: i32, total: T| {
+        let s = slot(key);
+        v[s] = v[s].plus(total);
+        seen[s] = true;
+    };
+    match whole {
+        Some(runs) => {
+            for &(key, start, end) in runs {
+                let mut total = x[start];
+                for &y in &x[start + 1..end] {
+                    total = total.plus(y);
+                }
+                add(key, total);
+            }
+        }
+        None => runs(take, keys, |i| x[i], add),
+    }
+}
+
 /// Addition that wraps for integers (as the slots do) and is plain for floats.
 trait Plus {
     fn plus(self, other: Self) -> Self;
@@ -310,10 +336,7 @@ impl Slots {
                 };
                 let len = (hi - lo + 1) as usize;
                 if before > 0 || len > self.present.len() {
-                    if before > 0 {
-                        self.present.splice(0..0, std::iter::repeat_n(false, before));
-                    }
-                    self.present.resize(len, false);
+                    grow(&mut self.present, before, len);
                     for s in &mut self.sums {
                         s.grow(before, len);
                     }
@@ -403,10 +426,11 @@ impl Slots {
                 None => nulls.clone(),
             };
             let whole_runs = key_runs.as_ref().filter(|_| value.nulls().is_none());
-            match (kind, sums) {
+            let Sums { values: slots, seen } = sums;
+            match (kind, slots) {
                 // A count of rows with keys and values: each run's length, or the number of
                 // its mask's bits that are set.
-                (Kind::Count, Sums::Int(v, _)) if mask.is_some() && whole_runs.is_some() => {
+                (Kind::Count, Values::Int(v)) if mask.is_some() && whole_runs.is_some() => {
                     for &(key, start, end) in whole_runs.into_iter().flatten() {
                         let n = match &bits {
                             Some(b) => b.slice(start, end - start).count_set_bits(),
@@ -415,72 +439,25 @@ impl Slots {
                         v[slot(key)] += n as i64;
                     }
                 }
-                // An unfiltered sum of values that are all there: each run summed in one
-                // vectorised loop.
-                (Kind::SumFloat, Sums::Float(v, seen)) if bits.is_none() && whole_runs.is_some() => {
-                    let x = cast(value, &DataType::Float64)?;
-                    let x = x.as_primitive::<Float64Type>().values();
-                    for &(key, start, end) in whole_runs.into_iter().flatten() {
-                        let s = slot(key);
-                        v[s] += x[start..end].iter().sum::<f64>();
-                        seen[s] = true;
-                    }
-                }
-                (Kind::SumInt, Sums::Int(v, seen)) if bits.is_none() && whole_runs.is_some() => {
-                    let x = cast(value, &DataType::Int64)?;
-                    let x = x.as_primitive::<Int64Type>().values();
-                    for &(key, start, end) in whole_runs.into_iter().flatten() {
-                        let s = slot(key);
-                        v[s] = x[start..end].iter().fold(v[s], |a, b| a.wrapping_add(*b));
-                        seen[s] = true;
-                    }
-                }
-                (Kind::Count, Sums::Int(v, _)) if mask.is_none() => {
+                (Kind::Count, Values::Int(v)) if mask.is_none() => {
                     // Merged partial counts.
                     let x = value.as_primitive::<Int64Type>().values();
                     runs(&take, k, |i| x[i], |key, n| v[slot(key)] += n);
                 }
-                (Kind::Count, Sums::Int(v, _)) => runs(&take, k, |_| 1i64, |key, n| v[slot(key)] += n),
-                (Kind::SumInt, Sums::Int(v, seen)) => {
+                (Kind::Count, Values::Int(v)) => runs(&take, k, |_| 1i64, |key, n| v[slot(key)] += n),
+                (Kind::SumInt, Values::Int(v)) => {
                     let x = cast(value, &DataType::Int64)?;
                     let x = x.as_primitive::<Int64Type>().values();
-                    runs(
-                        &take,
-                        k,
-                        |i| x[i],
-                        |key, total: i64| {
-                            let s = slot(key);
-                            v[s] = v[s].wrapping_add(total);
-                            seen[s] = true;
-                        },
-                    );
+                    add_sums(x, v, seen, &take, k, whole_runs.filter(|_| bits.is_none()), slot);
                 }
-                (Kind::SumFloat, Sums::Float(v, seen)) => {
+                (Kind::SumFloat, Values::Float(v)) => {
                     let x = cast(value, &DataType::Float64)?;
                     let x = x.as_primitive::<Float64Type>().values();
-                    runs(
-                        &take,
-                        k,
-                        |i| x[i],
-                        |key, total: f64| {
-                            let s = slot(key);
-                            v[s] += total;
-                            seen[s] = true;
-                        },
-                    );
+                    add_sums(x, v, seen, &take, k, whole_runs.filter(|_| bits.is_none()), slot);
                 }
-                (Kind::SumDecimal(..), Sums::Decimal(v, seen)) => {
+                (Kind::SumDecimal(..), Values::Decimal(v)) => {
                     let x = value.as_primitive::<Decimal128Type>().values();
-                    runs(
-                        &take,
-                        k,
-                        |i| x[i],
-                        |key, total: i128| {
-                            let s = slot(key);
-                            v[s] = v[s].wrapping_add(total);
-                            seen[s] = true;
-                        },
-                    );
+                    add_sums(x, v, seen, &take, k, whole_runs.filter(|_| bits.is_none()), slot);
                 }
                 _ => return exec_err!("tally_dense: slots of another kind"),
             }
@@ -503,16 +480,14 @@ impl Slots {
         };
         let keys = Date32Array::from(keys);
         let mut columns: Vec<ArrayRef> = vec![Arc::new(keys)];
-        for (kind, sums) in self.kinds.iter().zip(&self.sums) {
-            let column: ArrayRef = match (kind, sums) {
-                (Kind::Count, Sums::Int(v, _)) => Arc::new(Int64Array::from_iter_values(days.iter().map(|&i| v[i]))),
-                (_, Sums::Int(v, seen)) => {
-                    Arc::new(Int64Array::from_iter(days.iter().map(|&i| seen[i].then_some(v[i]))))
-                }
-                (_, Sums::Float(v, seen)) => {
+        for (kind, Sums { values, seen }) in self.kinds.iter().zip(&self.sums) {
+            let column: ArrayRef = match (kind, values) {
+                (Kind::Count, Values::Int(v)) => Arc::new(Int64Array::from_iter_values(days.iter().map(|&i| v[i]))),
+                (_, Values::Int(v)) => Arc::new(Int64Array::from_iter(days.iter().map(|&i| seen[i].then_some(v[i])))),
+                (_, Values::Float(v)) => {
                     Arc::new(Float64Array::from_iter(days.iter().map(|&i| seen[i].then_some(v[i]))))
                 }
-                (Kind::SumDecimal(p, s), Sums::Decimal(v, seen)) => Arc::new(
+                (Kind::SumDecimal(p, s), Values::Decimal(v)) => Arc::new(
                     Decimal128Array::from_iter(days.iter().map(|&i| seen[i].then_some(v[i])))
                         .with_precision_and_scale(*p, *s)?,
                 ),
@@ -578,9 +553,9 @@ impl Accumulator for Slots {
         let per_slot: usize = 1 + self
             .sums
             .iter()
-            .map(|s| match s {
-                Sums::Int(..) | Sums::Float(..) => 9,
-                Sums::Decimal(..) => 17,
+            .map(|s| match s.values {
+                Values::Int(_) | Values::Float(_) => 9,
+                Values::Decimal(_) => 17,
             })
             .sum::<usize>();
         std::mem::size_of_val(self) + self.present.len() * per_slot
