@@ -23,16 +23,13 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// SplitMix64: tiny, fast, and the same sequence on every platform and version.
-struct Rng(u64);
+/// SplitMix64 (the same sequence on every platform and version) with the draws the
+/// generator needs.
+struct Rng(tally::random::SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// Uniform in [0, 1).
     fn f(&mut self) -> f64 {
@@ -217,7 +214,7 @@ fn money(x: f64) -> i128 {
 
 fn generate(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&a.out)?;
-    let mut rng = Rng(a.seed);
+    let mut rng = Rng(tally::random::SplitMix64(a.seed));
     let ts_type = DataType::Timestamp(TimeUnit::Microsecond, None);
     let money_type = DataType::Decimal128(12, 2);
 

@@ -172,28 +172,8 @@ pub enum Command {
     /// What a change of definitions does: the definitions added, removed or changed, and
     /// every number that may move, under both versions on the same data (HEAD's).
     Diff {
-        /// A git revision of the project (a branch, tag or commit), or a project folder.
-        base: String,
-        /// The same (default: the project as it is on disk).
-        head: Option<String>,
-        /// Period length of the compared numbers.
-        #[arg(long, default_value = "month")]
-        by: String,
-        /// Also compare per value of a dimension (repeat, or separate with commas).
-        #[arg(long = "dim")]
-        dims: Vec<String>,
-        /// First day compared (default: the start of the data).
-        #[arg(long)]
-        from: Option<String>,
-        /// Numbers up to, and targets and alerts as of, this day (default: today in the
-        /// project's time zone).
-        #[arg(long = "as-of")]
-        as_of: Option<String>,
-        #[arg(long, value_enum, default_value = "markdown")]
-        format: DiffFormat,
-        /// Exit with 1 when any number moves more than this many percent.
-        #[arg(long = "fail-over", value_name = "PCT")]
-        fail_over: Option<f64>,
+        #[command(flatten)]
+        args: DiffArgs,
     },
     /// Rewrite `.tally` files in canonical form (indentation, spaces, blank lines); comments
     /// and line breaks are kept and the meaning never changes.
@@ -354,28 +334,7 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::Test { format } => test(&cli.global, format, color).await,
         Command::Fmt { check, files } => fmt(&cli.global, check, &files, color),
         Command::Init { dir } => init(&dir.unwrap_or(cli.global.project), color),
-        Command::Diff {
-            base,
-            head,
-            by,
-            dims,
-            from,
-            as_of,
-            format,
-            fail_over,
-        } => {
-            let args = DiffArgs {
-                base,
-                head,
-                by,
-                dims,
-                from,
-                as_of,
-                format,
-                fail_over,
-            };
-            diff(&cli.global, args, color).await
-        }
+        Command::Diff { args } => diff(&cli.global, args, color).await,
         Command::Run { as_of, format } => {
             let loaded = match load(&cli.global, color).await {
                 Ok(l) => l,
@@ -653,14 +612,30 @@ fn init(dir: &std::path::Path, color: bool) -> Outcome {
     }
 }
 
-struct DiffArgs {
+/// What `diff` compares.
+#[derive(clap::Args, Debug)]
+pub struct DiffArgs {
+    /// A git revision of the project (a branch, tag or commit), or a project folder.
     base: String,
+    /// The same (default: the project as it is on disk).
     head: Option<String>,
+    /// Period length of the compared numbers.
+    #[arg(long, default_value = "month")]
     by: String,
+    /// Also compare per value of a dimension (repeat, or separate with commas).
+    #[arg(long = "dim")]
     dims: Vec<String>,
+    /// First day compared (default: the start of the data).
+    #[arg(long)]
     from: Option<String>,
+    /// Numbers up to, and targets and alerts as of, this day (default: today in the
+    /// project's time zone).
+    #[arg(long = "as-of")]
     as_of: Option<String>,
+    #[arg(long, value_enum, default_value = "markdown")]
     format: DiffFormat,
+    /// Exit with 1 when any number moves more than this many percent.
+    #[arg(long = "fail-over", value_name = "PCT")]
     fail_over: Option<f64>,
 }
 

@@ -2,6 +2,8 @@
 //! on (a shop's orders and customers for the first quarter of 2026, made here, the same
 //! every time).
 
+use crate::random::SplitMix64;
+
 /// Every file of a new project: path relative to the project folder, and contents.
 pub fn files() -> Vec<(&'static str, String)> {
     vec![
@@ -91,27 +93,10 @@ tests:
       - {metric: paid_share, per: month, period: 2026-02}
 "#;
 
-/// A small deterministic generator (SplitMix64), so the example is the same everywhere.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 const CUSTOMERS: u64 = 60;
 
 fn customers() -> String {
-    let mut r = Random(7);
+    let mut r = SplitMix64(7);
     let mut out = String::from("customer_id,segment,signed_up\n");
     for id in 1..=CUSTOMERS {
         let segment = ["retail", "retail", "business"][r.below(3) as usize];
@@ -123,7 +108,7 @@ fn customers() -> String {
 
 /// About 900 orders from 2026-01-01 to 2026-03-31, more on weekdays and growing.
 fn orders() -> String {
-    let mut r = Random(42);
+    let mut r = SplitMix64(42);
     let mut out = String::from("order_id,ordered_at,customer_id,channel,status,amount\n");
     let start = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("a date");
     let mut id = 0;

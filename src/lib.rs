@@ -33,6 +33,7 @@ pub mod percentile;
 pub mod period;
 pub mod plan;
 pub mod project;
+pub mod random;
 pub mod report;
 pub mod run;
 pub mod settings;

@@ -4,17 +4,7 @@ use crate::fixture;
 use std::process::Command;
 
 fn tally(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(args)
-        .arg("--color=never")
-        .arg("--project")
-        .arg(fixture("shop"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (out.status.code().unwrap_or(-1), stdout, stderr)
+    crate::tally_at(&fixture("shop"), args)
 }
 
 #[test]
@@ -303,17 +293,8 @@ fn fmt_rewrites_files_and_check_lists_what_is_not_formatted() {
     std::fs::write(&file, "metric  n=count( e )\n\n\nmetric m = n*2   // twice\n").unwrap();
     std::fs::write(defs.join("b.tally"), "metric ok = count(e)\n").unwrap();
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
-            .args(args)
-            .arg("--color=never")
-            .arg("--project")
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let (code, _, stderr) = crate::tally_at(dir.path(), args);
+        (code, stderr)
     };
     let (code, stderr) = run(&["fmt", "--check"]);
     assert_eq!(code, 1, "{stderr}");
@@ -383,22 +364,7 @@ fn the_example_ci_workflow_uses_commands_that_exist() {
 fn init_makes_a_project_that_checks_queries_tests_and_reports() {
     let dir = tempfile::tempdir().unwrap();
     let project = dir.path().join("shop");
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
-            .args(args)
-            .arg("--color=never")
-            .arg("--project")
-            .arg(&project)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(!stderr.contains("panicked"), "{stderr}");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr,
-        )
-    };
+    let run = |args: &[&str]| crate::tally_at(&project, args);
     let (code, stdout, stderr) = run(&["init"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.starts_with("made a tally project in "), "{stdout}");
@@ -456,16 +422,8 @@ fn report_writes_a_bundle_and_replaces_only_a_bundle() {
     )
     .unwrap();
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
-            .args(args)
-            .args(["--color=never", "--project"])
-            .arg(project)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let (code, _, stderr) = crate::tally_at(project, args);
+        (code, stderr)
     };
     let out = project.join("bundle");
     let out_arg = out.to_str().unwrap();

@@ -387,15 +387,8 @@ fn alerts_command_exit_codes_and_formats() {
         &[("orders.csv", ORDERS.as_bytes()), ("m.tally", metrics.as_bytes())],
     );
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
-            .args(args)
-            .arg("--color=never")
-            .arg("--project")
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-        (out.status.code().unwrap_or(-1), text)
+        let (code, stdout, stderr) = crate::tally_at(dir.path(), args);
+        (code, stdout + &stderr)
     };
     let mut out = String::new();
     for args in [
@@ -618,17 +611,8 @@ fn report_versions() {
         &[("orders.csv", ORDERS.as_bytes()), ("m.tally", metrics.as_bytes())],
     );
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
-            .args(args)
-            .args(["--color=never", "--project"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
+        let (code, stdout, stderr) = crate::tally_at(dir.path(), args);
+        (Some(code), stdout, stderr)
     };
     let (code, first, _) = run(&["run", "--as-of", "2026-01-31"]);
     assert_eq!(code, Some(0));

@@ -25,6 +25,23 @@ pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
+/// The binary on a project: exit code, stdout and stderr; a panic fails the test.
+pub fn tally_at(project: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(args)
+        .args(["--color=never", "--project"])
+        .arg(project)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    )
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -134,3 +151,59 @@ pub fn assert_close(actual: Option<f64>, expected: Option<f64>, what: &str) {
         _ => panic!("{what}: expected {expected:?}, got {actual:?}"),
     }
 }
+
+/// The YAML example of the product definition, exactly as written there.
+pub const PRODUCT_YAML: &str = r#"sources:
+  enquiries:
+    file: data/enquiries.csv
+    time: created_at
+    key: enquiry_id
+  jobs:
+    file: data/jobs.parquet
+    time: completed_at
+    key: job_id
+    joins:
+      - source: enquiries
+        on: enquiry_id
+
+dimensions:
+  channel: enquiries.channel
+
+metrics:
+  enquiries:
+    label: Enquiries
+    expr: count(enquiries)
+  won_jobs:
+    expr: count(jobs where status = "completed")
+  revenue:
+    label: Revenue
+    expr: sum(jobs.amount where status = "completed")
+    format: currency(USD)
+    owner: operations
+    description: Invoiced revenue of completed jobs
+  conversion:
+    label: Enquiry to job
+    expr: won_jobs / enquiries
+    format: percent
+
+targets:
+  - metric: revenue
+    at_least: 120000
+    per: month
+    from: 2026-01
+
+alerts:
+  conversion_drop:
+    when: conversion < 20%
+    for: 3 days
+    severity: critical
+    message: "Conversion fell to {{ value }} in {{ period }}"
+
+reports:
+  weekly:
+    title: Weekly operations
+    grain: week
+    range: last 26 weeks
+    metrics: [enquiries, conversion, revenue]
+    by: channel
+"#;

@@ -441,7 +441,7 @@ report weekly "Weekly operations" {
     for f in ["enquiries.csv", "jobs.parquet"] {
         std::fs::copy(data.join(f), yaml_dir.path().join("data").join(f)).unwrap();
     }
-    std::fs::write(yaml_dir.path().join("metrics/operations.yaml"), PRODUCT_YAML).unwrap();
+    std::fs::write(yaml_dir.path().join("metrics/operations.yaml"), crate::PRODUCT_YAML).unwrap();
     // The settings of the product definition, as written there.
     std::fs::write(
         yaml_dir.path().join("tally.yaml"),
@@ -487,59 +487,3 @@ report weekly "Weekly operations" {
         }
     }
 }
-
-/// The YAML example of the product definition, exactly as written there.
-const PRODUCT_YAML: &str = r#"sources:
-  enquiries:
-    file: data/enquiries.csv
-    time: created_at
-    key: enquiry_id
-  jobs:
-    file: data/jobs.parquet
-    time: completed_at
-    key: job_id
-    joins:
-      - source: enquiries
-        on: enquiry_id
-
-dimensions:
-  channel: enquiries.channel
-
-metrics:
-  enquiries:
-    label: Enquiries
-    expr: count(enquiries)
-  won_jobs:
-    expr: count(jobs where status = "completed")
-  revenue:
-    label: Revenue
-    expr: sum(jobs.amount where status = "completed")
-    format: currency(USD)
-    owner: operations
-    description: Invoiced revenue of completed jobs
-  conversion:
-    label: Enquiry to job
-    expr: won_jobs / enquiries
-    format: percent
-
-targets:
-  - metric: revenue
-    at_least: 120000
-    per: month
-    from: 2026-01
-
-alerts:
-  conversion_drop:
-    when: conversion < 20%
-    for: 3 days
-    severity: critical
-    message: "Conversion fell to {{ value }} in {{ period }}"
-
-reports:
-  weekly:
-    title: Weekly operations
-    grain: week
-    range: last 26 weeks
-    metrics: [enquiries, conversion, revenue]
-    by: channel
-"#;

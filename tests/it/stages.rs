@@ -292,60 +292,7 @@ report weekly "Weekly operations" {
   by: channel
 }
 "#;
-    let yaml = r#"sources:
-  enquiries:
-    file: data/enquiries.csv
-    time: created_at
-    key: enquiry_id
-  jobs:
-    file: data/jobs.parquet
-    time: completed_at
-    key: job_id
-    joins:
-      - source: enquiries
-        on: enquiry_id
-
-dimensions:
-  channel: enquiries.channel
-
-metrics:
-  enquiries:
-    label: Enquiries
-    expr: count(enquiries)
-  won_jobs:
-    expr: count(jobs where status = "completed")
-  revenue:
-    label: Revenue
-    expr: sum(jobs.amount where status = "completed")
-    format: currency(USD)
-    owner: operations
-    description: Invoiced revenue of completed jobs
-  conversion:
-    label: Enquiry to job
-    expr: won_jobs / enquiries
-    format: percent
-
-targets:
-  - metric: revenue
-    at_least: 120000
-    per: month
-    from: 2026-01
-
-alerts:
-  conversion_drop:
-    when: conversion < 20%
-    for: 3 days
-    severity: critical
-    message: "Conversion fell to {{ value }} in {{ period }}"
-
-reports:
-  weekly:
-    title: Weekly operations
-    grain: week
-    range: last 26 weeks
-    metrics: [enquiries, conversion, revenue]
-    by: channel
-"#;
+    let yaml = crate::PRODUCT_YAML;
     let mut files = Files::default();
     let a = files.add("a.tally", "a.tally".into(), dsl.to_string());
     let b = files.add("b.yaml", "b.yaml".into(), yaml.to_string());
