@@ -9,7 +9,6 @@ use crate::model::Model;
 use crate::plan::Query;
 use crate::project::Project;
 use crate::span::{Span, Spanned};
-use crate::time::Grain;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use std::collections::HashMap;
 use std::path::Path;
@@ -295,16 +294,12 @@ async fn run_one(
                     .suggest(&e.metric.value, model.metrics.iter().map(|m| m.name.as_str())),
             ]);
         };
-        let grain = match &e.per {
-            None => None,
-            Some(p) => Some(Grain::parse(&p.value).ok_or_else(|| {
-                vec![
-                    Diagnostic::error("E0545", format!("`{}` is not a period", p.value))
-                        .at(p.span, "expected day, week, month, quarter or year")
-                        .suggest(&p.value, Grain::ALL.iter().map(|g| g.name())),
-                ]
-            })?),
-        };
+        let grain = e
+            .per
+            .as_ref()
+            .map(crate::model::grain_of)
+            .transpose()
+            .map_err(|d| vec![d])?;
         let dims = dimension_ids(&model, &e.by)?;
         let calendar = settings.calendar();
         let (from, to) = match (grain, &e.period) {

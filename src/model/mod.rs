@@ -29,6 +29,15 @@ pub const AGGREGATES: &[&str] = &[
 /// Functions of metrics over time and breakdowns.
 pub const TIME_FUNCTIONS: &[&str] = &["rolling", "cumulative", "to_date", "share", "last", "first"];
 /// The variables of an alert's message template (and the names of its `by` dimensions).
+/// A period named in a definition (`per: week`, `grain: month`).
+pub fn grain_of(p: &crate::span::Spanned<String>) -> Result<Grain, Diagnostic> {
+    Grain::parse(&p.value).ok_or_else(|| {
+        Diagnostic::error("E0545", format!("`{}` is not a period", p.value))
+            .at(p.span, "expected day, week, month, quarter or year")
+            .suggest(&p.value, Grain::ALL.iter().map(|g| g.name()))
+    })
+}
+
 pub const ALERT_VARIABLES: &[&str] = &[
     "alert",
     "metric",
@@ -1398,18 +1407,13 @@ impl<'a> Resolver<'a> {
                 self.error(e);
                 continue;
             }
-            let grain = match &d.grain {
+            let grain = match d.grain.as_ref().map(grain_of) {
                 None => Grain::Week,
-                Some(g) => match Grain::parse(&g.value) {
-                    Some(g) => g,
-                    None => {
-                        let e = Diagnostic::error("E0545", format!("`{}` is not a period", g.value))
-                            .at(g.span, "expected day, week, month, quarter or year")
-                            .suggest(&g.value, Grain::ALL.iter().map(|g| g.name()));
-                        self.error(e);
-                        continue;
-                    }
-                },
+                Some(Ok(g)) => g,
+                Some(Err(e)) => {
+                    self.error(e);
+                    continue;
+                }
             };
             if let Some(range) = &d.range {
                 let any_day = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("a date");
@@ -1484,18 +1488,13 @@ impl<'a> Resolver<'a> {
             let Some(Some(metric)) = metrics.get(id) else {
                 continue; // its own errors are reported
             };
-            let grain = match &t.per {
+            let grain = match t.per.as_ref().map(grain_of) {
                 None => Grain::Month,
-                Some(p) => match Grain::parse(&p.value) {
-                    Some(g) => g,
-                    None => {
-                        let d = Diagnostic::error("E0545", format!("`{}` is not a period", p.value))
-                            .at(p.span, "expected day, week, month, quarter or year")
-                            .suggest(&p.value, Grain::ALL.iter().map(|g| g.name()));
-                        self.error(d);
-                        continue;
-                    }
-                },
+                Some(Ok(g)) => g,
+                Some(Err(d)) => {
+                    self.error(d);
+                    continue;
+                }
             };
             // Every measure of the metric needs a time column.
             let mut measures = Vec::new();
@@ -1695,18 +1694,12 @@ impl<'a> Resolver<'a> {
             },
         };
         // The grain: `per`, else the unit of `for`, else a day (a target's own grain).
-        let per = match &a.per {
-            Some(p) => match Grain::parse(&p.value) {
-                Some(g) => Some(g),
-                None => {
-                    let d = Diagnostic::error("E0545", format!("`{}` is not a period", p.value))
-                        .at(p.span, "expected day, week, month, quarter or year")
-                        .suggest(&p.value, Grain::ALL.iter().map(|g| g.name()));
-                    self.error(d);
-                    return Err(());
-                }
-            },
-            None => None,
+        let per = match a.per.as_ref().map(grain_of).transpose() {
+            Ok(g) => g,
+            Err(d) => {
+                self.error(d);
+                return Err(());
+            }
         };
         let condition = match &cond.value {
             ast::ConditionDef::Threshold { metric: m, levels } => {
