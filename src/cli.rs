@@ -670,9 +670,9 @@ async fn diff(g: &Global, args: DiffArgs, color: bool) -> Outcome {
     };
     // Both versions read the same data: HEAD's folder's, or the project's on disk.
     let data_root = |g: &Global| -> Option<String> {
-        project::load(&g.project, &overrides(g))
-            .ok()
-            .map(|(p, _)| p.settings.data.display().to_string())
+        let root = std::fs::canonicalize(&g.project).ok()?;
+        let settings = tally::settings::load(&root, &overrides(g), &mut Files::default()).ok()?;
+        Some(settings.data.display().to_string())
     };
     let head_data = match &args.head {
         Some(h) if std::path::Path::new(h).is_dir() => None,
