@@ -102,6 +102,18 @@ impl Dense {
         DataType::Struct(Fields::from(fields))
     }
 
+    /// Empty slots for these aggregates.
+    fn slots(&self) -> Slots {
+        Slots {
+            kinds: self.kinds.clone(),
+            rows: self.rows.clone(),
+            item: self.item(),
+            index: Index::Dense { lo: 0 },
+            present: Vec::new(),
+            sums: self.kinds.iter().map(|k| Sums::new(*k)).collect(),
+        }
+    }
+
     fn list(&self) -> DataType {
         DataType::List(Arc::new(Field::new_list_field(self.item(), true)))
     }
@@ -121,14 +133,7 @@ impl AggregateUDFImpl for Dense {
     }
 
     fn accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(Slots {
-            kinds: self.kinds.clone(),
-            rows: self.rows.clone(),
-            item: self.item(),
-            index: Index::Dense { lo: 0 },
-            present: Vec::new(),
-            sums: self.kinds.iter().map(|k| Sums::new(*k)).collect(),
-        }))
+        Ok(Box::new(self.slots()))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -569,15 +574,7 @@ mod tests {
 
     fn slots(kinds: Vec<Kind>) -> Box<dyn Accumulator> {
         let rows = vec![false; kinds.len()];
-        let d = Dense::new(kinds, rows);
-        Box::new(Slots {
-            kinds: d.kinds.clone(),
-            rows: d.rows.clone(),
-            item: d.item(),
-            index: Index::Dense { lo: 0 },
-            present: Vec::new(),
-            sums: d.kinds.iter().map(|k| Sums::new(*k)).collect(),
-        })
+        Box::new(Dense::new(kinds, rows).slots())
     }
 
     /// The (day, values as text) rows of a result.
@@ -719,14 +716,7 @@ mod tests {
     #[test]
     fn counts_of_rows_take_a_mask_only() {
         let d = Dense::new(vec![Kind::Count, Kind::SumInt], vec![true, false]);
-        let mut acc = Slots {
-            kinds: d.kinds.clone(),
-            rows: d.rows.clone(),
-            item: d.item(),
-            index: Index::Dense { lo: 0 },
-            present: Vec::new(),
-            sums: d.kinds.iter().map(|k| Sums::new(*k)).collect(),
-        };
+        let mut acc = d.slots();
         let keys = date32(vec![Some(1), Some(1), None, Some(2)]);
         let mask: ArrayRef = Arc::new(BooleanArray::from(vec![true, false, true, true]));
         let all: ArrayRef = Arc::new(BooleanArray::from(vec![true; 4]));
