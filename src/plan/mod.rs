@@ -14,12 +14,14 @@ use crate::model::{
 use crate::span::Files;
 use crate::time::{Calendar, Grain, from_days, to_days};
 
+mod classes;
 mod dense;
 pub mod terms;
 
 use chrono::{NaiveDate, TimeZone};
+use classes::Classes;
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
-use datafusion::common::{Column, JoinType, ScalarValue, TableReference};
+use datafusion::common::{Column, DFSchema, JoinType, ScalarValue, TableReference};
 use datafusion::datasource::provider_as_source;
 use datafusion::functions::expr_fn as func;
 use datafusion::functions_aggregate::expr_fn as agg;
@@ -612,17 +614,51 @@ fn scan_plan(
                 }
                 _ => None,
             };
-            let dense = match by_period {
-                Some(key) if filter_columns(model, measures).is_none() => {
-                    dense_aggregate(builder.clone(), key, PERIOD, &aggs)?
-                }
+            // Many filters over a few columns are cheaper on rows grouped by those columns
+            // (or by the columns' classes) first than evaluated on every row.
+            let regroup = match simple || spec.conversion.is_some() {
+                true => Regroup::None,
+                false => regroup(model, measures, builder.schema()),
+            };
+            let dense = match (&by_period, &regroup) {
+                (Some(key), Regroup::None) => dense_aggregate(builder.clone(), key.clone(), PERIOD, &aggs)?,
                 _ => None,
             };
-            // Filters on categories only are cheaper over rows grouped by those columns first
-            // (string comparisons per row cost more than the grouping).
-            match (filter_columns(model, measures), dense) {
-                (Some(columns), _) if spec.conversion.is_none() && !simple => {
-                    pre_aggregated(model, builder, group, columns, measures)?
+            match (regroup, dense) {
+                (Regroup::Classes(classes), _) => {
+                    let packed = Expr::Column(Column::from_name(CLASSES));
+                    let filter = |f: &RowExpr| classes.filter(f, &packed);
+                    let keys: Vec<Expr> = group
+                        .iter()
+                        .map(|g| Expr::Column(Column::from_name(g.schema_name().to_string())))
+                        .collect();
+                    // By period alone, the period goes into the packed number too: grouping by
+                    // one integer is the cheapest grouping there is.
+                    let day_period = by_period.filter(|p| {
+                        let ty = datafusion::logical_expr::ExprSchemable::get_type(p, builder.schema());
+                        matches!(ty, Ok(DataType::Date32))
+                    });
+                    let (first, second) = match day_period {
+                        Some(p) if classes.bits() <= 32 => (
+                            vec![classes.packed(model, Some(p)).alias(CLASSES)],
+                            vec![Classes::period(&packed).alias(PERIOD)],
+                        ),
+                        _ => {
+                            let mut first = group;
+                            first.push(classes.packed(model, None).alias(CLASSES));
+                            (first, keys)
+                        }
+                    };
+                    pre_aggregated(model, builder, first, second, &filter, measures)?
+                }
+                (Regroup::Columns(columns), _) => {
+                    let keys = group
+                        .iter()
+                        .map(|g| Expr::Column(Column::from_name(g.schema_name().to_string())))
+                        .collect();
+                    let mut first = group;
+                    first.extend(columns.iter().map(|(s, c)| column(model, *s, c)));
+                    pre_aggregated(model, builder, first, keys, &|f| row_expr(model, f), measures)?
                 }
                 (_, Some(b)) => b.build().map_err(internal)?,
                 _ => builder
@@ -1045,13 +1081,14 @@ fn aggregate_then_join(
 }
 
 /// Where a measure's filter goes when it is computed in two aggregates.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum FilterIn {
+#[derive(Clone, Copy)]
+enum FilterIn<'a> {
     /// On the rows, in the first aggregate (its partials are the measure's own).
     First,
-    /// On the first aggregate's groups, in the second (partials are shared between
-    /// measures that aggregate the same thing).
-    Second,
+    /// On the first aggregate's groups, in the second, as this function writes it over
+    /// the groups' columns (partials are shared between measures that aggregate the same
+    /// thing).
+    Second(&'a dyn Fn(&RowExpr) -> Expr),
 }
 
 /// A measure split into partial aggregates (first) and their combination (second).
@@ -1077,21 +1114,19 @@ fn two_phase(model: &Model, measures: &[MeasureId], filter_in: FilterIn) -> TwoP
         let mut partial = |kind: &str, e: Expr, combine: fn(Expr) -> Expr| -> Expr {
             let name = match filter_in {
                 FilterIn::First => format!("{out}_{kind}"),
-                FilterIn::Second => format!("__{kind}({key})"),
+                FilterIn::Second(_) => format!("__{kind}({key})"),
             };
             if !first.iter().any(|(n, _)| *n == name) {
-                let e = if filter_in == FilterIn::First {
-                    with_filter(model, e, ms.filter.as_ref())
-                } else {
-                    e
+                let e = match filter_in {
+                    FilterIn::First => with_filter(model, e, ms.filter.as_ref()),
+                    FilterIn::Second(_) => e,
                 };
                 first.push((name.clone(), e));
             }
             let combined = combine(Expr::Column(Column::from_name(name)));
-            if filter_in == FilterIn::Second {
-                with_filter(model, combined, ms.filter.as_ref())
-            } else {
-                combined
+            match filter_in {
+                FilterIn::Second(filter) => with_filter_expr(combined, ms.filter.as_ref().map(filter)),
+                FilterIn::First => combined,
             }
         };
         match ms.agg {
@@ -1174,9 +1209,13 @@ fn dense_aggregate(
 /// Attaches a measure's filter to its aggregate. Set on the aggregate itself: DataFusion's
 /// `ExprFunctionExt` builder would reset `distinct` and the ordering of the aggregate.
 fn with_filter(model: &Model, e: Expr, filter: Option<&RowExpr>) -> Expr {
+    with_filter_expr(e, filter.map(|f| row_expr(model, f)))
+}
+
+fn with_filter_expr(e: Expr, filter: Option<Expr>) -> Expr {
     match (e, filter) {
         (Expr::AggregateFunction(mut f), Some(filter)) => {
-            f.params.filter = Some(Box::new(row_expr(model, filter)));
+            f.params.filter = Some(Box::new(filter));
             Expr::AggregateFunction(f)
         }
         (e, _) => e,
@@ -1368,31 +1407,44 @@ fn truncate(local: Expr, grain: Grain, calendar: &Calendar) -> Expr {
     }
 }
 
-/// Most filters of a KPI pack test categories (`status = "completed"`, `channel in (...)`).
-/// Evaluated per row, twenty of them cost four times one. When every measure of a scan can
-/// be re-aggregated and every filter reads only a few string or boolean columns, the rows
-/// are first aggregated by period, breakdown and those columns, and the filters are
-/// evaluated on that small table instead. Returns the columns, when that plan applies.
-fn filter_columns(model: &Model, measures: &[MeasureId]) -> Option<Vec<(SourceId, String)>> {
+/// The column of a scan's first aggregate that holds the rows' packed classes.
+const CLASSES: &str = "__classes";
+
+/// How the rows of a scan are grouped before its measures' filters are evaluated.
+enum Regroup {
+    /// Not at all: each filter is evaluated on every row.
+    None,
+    /// By the classes of the filter columns (see [`classes`]).
+    Classes(Classes),
+    /// By the values of a few string or boolean columns.
+    Columns(Vec<(SourceId, String)>),
+}
+
+/// The filters of a KPI pack compare a few columns with literals (`status = "completed"`,
+/// `channel in (...)`, `amount > 100`). Evaluated per row, twenty of them cost four times
+/// one. When a scan has two filtered measures or more and every measure can be
+/// re-aggregated, the rows are first aggregated by period, breakdown and the classes of
+/// the filter columns (when every filter compares columns with literals) or the values of
+/// those columns (when they are a few string or boolean columns), and the filters are
+/// evaluated on that small table instead.
+fn regroup(model: &Model, measures: &[MeasureId], schema: &DFSchema) -> Regroup {
     /// More columns would risk a first aggregate nearly as large as the data.
     const MAX_COLUMNS: usize = 3;
-    let filtered = measures.iter().filter(|&&m| model.measures[m].filter.is_some()).count();
-    if filtered < 2 {
-        return None;
+    let filters: Vec<&RowExpr> = measures
+        .iter()
+        .filter_map(|&m| model.measures[m].filter.as_ref())
+        .collect();
+    if filters.len() < 2 || !measures.iter().all(|&m| model.measures[m].agg.reaggregatable()) {
+        return Regroup::None;
+    }
+    if let Some(c) = Classes::of(model, &filters, schema) {
+        return Regroup::Classes(c);
     }
     let mut columns = Vec::new();
-    for &m in measures {
-        let ms = &model.measures[m];
-        if !ms.agg.reaggregatable() {
-            return None;
-        }
-        if let Some(f) = &ms.filter
-            && !categorical(f, &mut columns)
-        {
-            return None;
-        }
+    match filters.iter().all(|f| categorical(f, &mut columns)) && columns.len() <= MAX_COLUMNS {
+        true => Regroup::Columns(columns),
+        false => Regroup::None,
     }
-    (columns.len() <= MAX_COLUMNS).then_some(columns)
 }
 
 /// Whether an expression reads only string and boolean columns (collected into `out`).
@@ -1413,27 +1465,22 @@ fn categorical(e: &RowExpr, out: &mut Vec<(SourceId, String)>) -> bool {
     ok
 }
 
-/// Two aggregates: by period, breakdown and the filters' columns, without filters; then by
-/// period and breakdown, each measure re-aggregated with its filter. The filter expressions
-/// are unchanged: the first aggregate keeps the columns' qualified names.
+/// Two aggregates: by `first` (period, breakdown and the filters' columns or classes),
+/// without filters; then by `second` (period and breakdown, named as the scan names them),
+/// each measure re-aggregated with its filter as `filter` writes it over the first's groups.
 fn pre_aggregated(
     model: &Model,
     builder: LogicalPlanBuilder,
-    group: Vec<Expr>,
-    columns: Vec<(SourceId, String)>,
+    first: Vec<Expr>,
+    second: Vec<Expr>,
+    filter: &dyn Fn(&RowExpr) -> Expr,
     measures: &[MeasureId],
 ) -> Result<LogicalPlan> {
-    let keys: Vec<String> = group.iter().map(|g| g.schema_name().to_string()).collect();
-    let mut first_group = group;
-    first_group.extend(columns.iter().map(|(s, c)| column(model, *s, c)));
-    let split = two_phase(model, measures, FilterIn::Second);
-    let second_group: Vec<Expr> = keys
-        .iter()
-        .map(|k| Expr::Column(Column::from_name(k.clone())))
-        .collect();
+    let keys: Vec<String> = second.iter().map(|g| g.schema_name().to_string()).collect();
+    let split = two_phase(model, measures, FilterIn::Second(filter));
     let b = builder
-        .aggregate(first_group, split.first)
-        .and_then(|b| b.aggregate(second_group, split.second))
+        .aggregate(first, split.first)
+        .and_then(|b| b.aggregate(second, split.second))
         .map_err(internal)?;
     finish_averages(b, &keys, measures, &split.averages)
 }

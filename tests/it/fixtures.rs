@@ -506,3 +506,140 @@ fn aggregating_before_a_lookup_join_gives_the_same_numbers() {
         .unwrap();
     assert_eq!(feb_none.values[2], s(300.));
 }
+
+/// Filters that compare columns with literals, as the plan evaluates them on classes of rows
+/// (every metric together), against each metric alone (filters evaluated per row), over
+/// CSV and Parquet (strings as views), with nulls, -0.0 and NaN.
+#[test]
+fn literal_filters_on_classes_give_the_numbers_of_filters_per_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("t.csv"),
+        "id,at,n,x,s,b,d,k\n\
+         1,2026-01-05T10:00:00,1,0.5,a,true,2026-01-01,p\n\
+         2,2026-01-10T00:00:00,2,-0.0,b,false,2026-01-15,q\n\
+         3,2026-01-14T23:59:59,,0.0,,true,,p\n\
+         4,2026-01-15T00:00:00,3,NaN,c,,2026-01-31,q\n\
+         5,2026-01-20T12:00:00,4,2.5,zz,false,2026-02-01,p\n\
+         6,2026-02-01T00:00:00,2,-1.5,b,true,2026-02-10,p\n\
+         7,2026-02-03T08:00:00,9,3.0,a long string value,false,2026-01-15,q\n\
+         8,2026-02-28T23:00:00,,,b,,2026-03-01,\n",
+    )
+    .unwrap();
+    let ctx = datafusion::prelude::SessionContext::new();
+    crate::runtime().block_on(async {
+        let df = ctx
+            .read_csv(data.join("t.csv").to_str().unwrap(), Default::default())
+            .await
+            .unwrap();
+        df.write_parquet(data.join("t.parquet").to_str().unwrap(), Default::default(), None)
+            .await
+            .unwrap();
+    });
+    let filters = [
+        "n > 2",
+        "3 >= n",
+        "n = 2",
+        "n != 2",
+        "n between 1 and 3",
+        "n not between 2 and 5",
+        "n in (1, 4, 9)",
+        "n not in (1, 4)",
+        "n is null",
+        "n is not null",
+        "not (n < 3)",
+        "n > 2.5",
+        "x > 0",
+        "x >= -0.5",
+        "x = 0",
+        "x < 2.5",
+        "s = \"b\"",
+        "s < \"c\"",
+        "s in (\"a\", \"zz\")",
+        "s is null",
+        "not (s = \"b\") or n > 3",
+        "b",
+        "not b",
+        "b = false",
+        "d >= 2026-01-15",
+        "d < 2026-02-01",
+        "at >= 2026-01-15",
+        "at < 2026-02-01",
+        "at between 2026-01-10 and 2026-01-20",
+        "s = \"a\" and n > 1 or d is null",
+    ];
+    let mut text = String::new();
+    for (src, file) in [("c", "t.csv"), ("p", "t.parquet")] {
+        text.push_str(&format!("source {src} {{\n  file: \"{file}\"\n  time: at\n}}\n"));
+        text.push_str(&format!("dimension k_{src} = {src}.k\n"));
+        for (i, f) in filters.iter().enumerate() {
+            text.push_str(&format!("metric {src}_{i} = count({src} where {f})\n"));
+        }
+        text.push_str(&format!("metric {src}_sum = sum({src}.n where s = \"b\")\n"));
+        text.push_str(&format!("metric {src}_avg = avg({src}.n where x >= -0.5)\n"));
+    }
+    std::fs::create_dir_all(dir.path().join("metrics")).unwrap();
+    std::fs::write(dir.path().join("metrics/t.tally"), text).unwrap();
+    std::fs::write(dir.path().join("tally.yaml"), "data: data\n").unwrap();
+
+    let mut env = load(dir.path(), SettingsFile::default());
+    for src in ["c", "p"] {
+        let mut names: Vec<String> = (0..filters.len()).map(|i| format!("{src}_{i}")).collect();
+        names.push(format!("{src}_sum"));
+        names.push(format!("{src}_avg"));
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let query = tally::plan::Query {
+            metrics: names.iter().map(|n| env.model.metric(n).unwrap()).collect(),
+            grain: Some(tally::time::Grain::Month),
+            ..tally::plan::Query::default()
+        };
+        let plan = tally::plan::build(&env.model, &env.files, &env.settings.calendar(), query).unwrap();
+        let shown = format!("{}", plan.scans[0].plan.display_indent());
+        assert!(shown.contains("tally_classes"), "{shown}");
+
+        // Hand-computed totals of a few.
+        let dim = format!("k_{src}");
+        let total = env.query(&names, Q::default());
+        let by_name = |n: &str| total.rows[0].values[names.iter().position(|x| *x == n).unwrap()];
+        let s = |x: f64| Some(x);
+        assert_eq!(by_name(&format!("{src}_0")), s(3.), "n > 2: 3, 4, 9");
+        assert_eq!(by_name(&format!("{src}_14")), s(2.), "x = 0: -0.0 and 0.0");
+        assert_eq!(by_name(&format!("{src}_12")), s(4.), "x > 0: 0.5, NaN, 2.5, 3.0");
+        assert_eq!(by_name(&format!("{src}_16")), s(3.), "s = b");
+        assert_eq!(by_name(&format!("{src}_21")), s(3.), "b");
+        assert_eq!(by_name(&format!("{src}_26")), s(5.), "at >= 2026-01-15");
+        assert_eq!(
+            by_name(&format!("{src}_28")),
+            s(3.),
+            "at between 2026-01-10 and 2026-01-20 (midnight)"
+        );
+        assert_eq!(by_name(&format!("{src}_sum")), s(4.), "2 + 2 (the null n adds nothing)");
+
+        for grain in [None, Some("day"), Some("month")] {
+            for dims in [&[][..], &[dim.as_str()][..]] {
+                let q = || Q {
+                    grain,
+                    dims,
+                    ..Q::default()
+                };
+                let together = env.query(&names, q());
+                for (i, name) in names.iter().enumerate() {
+                    let alone = env.query(&[name], q());
+                    assert_eq!(together.rows.len(), alone.rows.len(), "{name}");
+                    for (a, b) in together.rows.iter().zip(&alone.rows) {
+                        assert_eq!((a.period, &a.dimensions), (b.period, &b.dimensions));
+                        let what = format!(
+                            "{name} ({}) at {:?} {:?}",
+                            filters.get(i).unwrap_or(name),
+                            a.period,
+                            a.dimensions
+                        );
+                        assert_close(a.values[i], b.values[0], &what);
+                    }
+                }
+            }
+        }
+    }
+}

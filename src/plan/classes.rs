@@ -1,0 +1,653 @@
+//! Filters that compare columns with literals, evaluated once per class of rows.
+//!
+//! The metrics of a KPI pack filter a few columns against literals (`status = "paid"`,
+//! `amount > 100`, `created_at >= 2024-01-01`). Every such comparison gives the same answer
+//! for all the values of a column between two consecutive literals it meets, so a row needs
+//! only its column's *class*: null, below the first literal, equal to it, between it and the
+//! next, and so on. `tally_classes(c₁, c₂, ...)` packs the classes of a row's filter columns
+//! into one UInt64; the scan groups by that (a few hundred values) next to the period and
+//! breakdown, and each filter, rewritten into comparisons of class numbers
+//! ([`Classes::filter`]), is evaluated on that small table instead of on every row.
+//!
+//! Classes of a column with the sorted literals t₀ < t₁ < ... < tₙ₋₁, as stored:
+//! 0 null, 1 below t₀, 2 equal to t₀, 3 between t₀ and t₁, ..., 2n + 1 above tₙ₋₁.
+//! `c > tⱼ` is then `class > 2j + 2`, `c = tⱼ` is `class = 2j + 2`, and so on; a null class
+//! (0 read back as null) keeps SQL's answer for nulls, also under `not`.
+
+use crate::ast::BinOp;
+use crate::model::{Model, RowExpr, RowKind, SourceId};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt64Array};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit};
+use datafusion::common::{DFSchema, Result, exec_err};
+use datafusion::functions::expr_fn as func;
+use datafusion::logical_expr::{
+    BinaryExpr, ColumnarValue, Expr, ExprSchemable, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility, lit,
+};
+use std::sync::Arc;
+
+/// How a column's values are compared with its literals.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Domain {
+    /// Integers (and booleans as 0 and 1), as Int64.
+    Int,
+    /// Floating-point numbers in IEEE total order, as DataFusion compares them.
+    Float,
+    /// Dates, as days since 1970-01-01.
+    Days,
+    /// Timestamps without a time zone, in their unit; a date literal is its midnight.
+    Time(TimeUnit),
+    /// Strings, byte by byte.
+    Str,
+}
+
+/// A column's literals, sorted and without duplicates.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Literals {
+    /// Integers, days, timestamps, or the total-order keys of floats.
+    Keys(Vec<i64>),
+    Strings(Vec<String>),
+}
+
+impl Literals {
+    fn len(&self) -> usize {
+        match self {
+            Literals::Keys(k) => k.len(),
+            Literals::Strings(s) => s.len(),
+        }
+    }
+}
+
+/// One filter column: where its classes are in the packed number, and how they are found.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClassColumn {
+    source: SourceId,
+    name: String,
+    domain: Domain,
+    literals: Literals,
+    shift: u32,
+    bits: u32,
+}
+
+/// The filter columns of a scan, their literals and their places in the packed classes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Classes {
+    columns: Vec<ClassColumn>,
+}
+
+/// A literal met by a column, as written.
+#[derive(Clone, Copy)]
+enum Lit<'a> {
+    Number(f64),
+    String(&'a str),
+    Bool(bool),
+    Date(chrono::NaiveDate),
+}
+
+impl<'a> Lit<'a> {
+    fn of(e: &'a RowExpr) -> Option<Lit<'a>> {
+        match &e.kind {
+            RowKind::Number(n) => Some(Lit::Number(*n)),
+            // `-n`: the negation of the literal as the plan writes it (`-0` is the integer 0).
+            RowKind::Neg(a) => match a.kind {
+                RowKind::Number(n) if integral(n) => Some(Lit::Number(-(n as i64) as f64)),
+                RowKind::Number(n) => Some(Lit::Number(-n)),
+                _ => None,
+            },
+            RowKind::String(s) => Some(Lit::String(s)),
+            RowKind::Bool(b) => Some(Lit::Bool(*b)),
+            RowKind::Date(d) => Some(Lit::Date(*d)),
+            _ => None,
+        }
+    }
+}
+
+/// The column an expression is, if it is one.
+fn column_of(e: &RowExpr) -> Option<(SourceId, &str)> {
+    match &e.kind {
+        RowKind::Column { source, name } => Some((*source, name)),
+        _ => None,
+    }
+}
+
+fn flip(op: BinOp) -> BinOp {
+    match op {
+        BinOp::Lt => BinOp::Gt,
+        BinOp::Le => BinOp::Ge,
+        BinOp::Gt => BinOp::Lt,
+        BinOp::Ge => BinOp::Le,
+        other => other,
+    }
+}
+
+/// A comparison of a column with a literal, column first: `literal < column` is
+/// `column > literal`.
+fn comparison(e: &RowExpr) -> Option<(BinOp, (SourceId, &str), &RowExpr)> {
+    let RowKind::Binary(op, a, b) = &e.kind else {
+        return None;
+    };
+    if !matches!(
+        op,
+        BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge
+    ) {
+        return None;
+    }
+    match (column_of(a), column_of(b)) {
+        (Some(c), None) if Lit::of(b).is_some() => Some((*op, c, b)),
+        (None, Some(c)) if Lit::of(a).is_some() => Some((flip(*op), c, a)),
+        _ => None,
+    }
+}
+
+/// Collects the columns and the literals they meet in `e`; false when `e` is anything but
+/// `and`, `or`, `not` over comparisons of a column with literals (`=`, `<`, ..., `in`,
+/// `between`, `is null`, or a boolean column alone).
+fn atoms<'a>(e: &'a RowExpr, out: &mut Vec<((SourceId, &'a str), Vec<Lit<'a>>)>) -> bool {
+    let mut add = |c: (SourceId, &'a str), lits: Vec<Lit<'a>>| match out.iter_mut().find(|(k, _)| *k == c) {
+        Some((_, l)) => l.extend(lits),
+        None => out.push((c, lits)),
+    };
+    match &e.kind {
+        RowKind::Binary(BinOp::And | BinOp::Or, a, b) => atoms(a, out) && atoms(b, out),
+        RowKind::Not(a) => atoms(a, out),
+        RowKind::Binary(..) => match comparison(e) {
+            Some((_, c, l)) => {
+                add(c, vec![Lit::of(l).expect("a literal")]);
+                true
+            }
+            None => false,
+        },
+        RowKind::Column { source, name } => {
+            add((*source, name), vec![Lit::Bool(true)]);
+            true
+        }
+        RowKind::IsNull { expr, .. } => match column_of(expr) {
+            Some(c) => {
+                add(c, vec![]);
+                true
+            }
+            None => false,
+        },
+        RowKind::InList { expr, list, .. } => match (column_of(expr), list.iter().map(Lit::of).collect()) {
+            (Some(c), Some(lits)) => {
+                add(c, lits);
+                true
+            }
+            _ => false,
+        },
+        RowKind::Between { expr, low, high, .. } => match (column_of(expr), Lit::of(low), Lit::of(high)) {
+            (Some(c), Some(l), Some(h)) => {
+                add(c, vec![l, h]);
+                true
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// The key of a float that orders as DataFusion compares floats: IEEE total order (as
+/// `f64::total_cmp`: NaN above infinity), with -0.0 equal to 0.0.
+fn float_key(x: f64) -> i64 {
+    let x = if x == 0.0 { 0.0 } else { x };
+    let bits = x.to_bits() as i64;
+    bits ^ ((((bits >> 63) as u64) >> 1) as i64)
+}
+
+/// Whether a number literal is written into plans as an integer (as `row_expr` does).
+fn integral(n: f64) -> bool {
+    n.fract() == 0.0 && n.abs() < 9e15
+}
+
+/// The domain of a column of this type, meeting these literals; `None` when the classes
+/// would not give the answers DataFusion's own comparisons give.
+fn domain(ty: &DataType, lits: &[Lit]) -> Option<Domain> {
+    use DataType as D;
+    let all = |f: fn(&Lit) -> bool| lits.iter().all(f);
+    match ty {
+        D::Int8 | D::Int16 | D::Int32 | D::Int64 | D::UInt8 | D::UInt16 | D::UInt32 => {
+            if all(|l| matches!(l, Lit::Number(n) if integral(*n))) {
+                Some(Domain::Int)
+            } else if all(|l| matches!(l, Lit::Number(_))) {
+                Some(Domain::Float)
+            } else {
+                None
+            }
+        }
+        D::Float32 | D::Float64 if all(|l| matches!(l, Lit::Number(_))) => Some(Domain::Float),
+        D::Boolean if all(|l| matches!(l, Lit::Bool(_))) => Some(Domain::Int),
+        D::Date32 if all(|l| matches!(l, Lit::Date(_))) => Some(Domain::Days),
+        D::Timestamp(unit, None) if all(|l| matches!(l, Lit::Date(_))) => Some(Domain::Time(*unit)),
+        D::Utf8 | D::LargeUtf8 | D::Utf8View if all(|l| matches!(l, Lit::String(_))) => Some(Domain::Str),
+        _ => None,
+    }
+}
+
+/// A literal's key in a domain.
+fn key(domain: &Domain, l: &Lit) -> Option<i64> {
+    let days = |d: &chrono::NaiveDate| crate::time::to_days(*d) as i64;
+    match (domain, l) {
+        (Domain::Int, Lit::Number(n)) => Some(*n as i64),
+        (Domain::Int, Lit::Bool(b)) => Some(*b as i64),
+        (Domain::Float, Lit::Number(n)) => Some(float_key(*n)),
+        (Domain::Days, Lit::Date(d)) => Some(days(d)),
+        (Domain::Time(unit), Lit::Date(d)) => {
+            let per_day: i64 = match unit {
+                TimeUnit::Second => 86_400,
+                TimeUnit::Millisecond => 86_400_000,
+                TimeUnit::Microsecond => 86_400_000_000,
+                TimeUnit::Nanosecond => 86_400_000_000_000,
+            };
+            days(d).checked_mul(per_day)
+        }
+        _ => None,
+    }
+}
+
+/// Bits that hold the classes 0 ..= 2n + 1 of a column with `n` literals.
+fn bits_for(n: usize) -> u32 {
+    u64::BITS - ((2 * n + 1) as u64).leading_zeros()
+}
+
+impl Classes {
+    /// The classes of the filters of `filters` over rows of `schema`, when every filter is
+    /// `and`, `or`, `not` over comparisons of columns with literals of their type, and the
+    /// classes of all their columns fit in 64 bits.
+    pub fn of(model: &Model, filters: &[&RowExpr], schema: &DFSchema) -> Option<Classes> {
+        let mut found = Vec::new();
+        for f in filters {
+            if !atoms(f, &mut found) {
+                return None;
+            }
+        }
+        let mut columns = Vec::new();
+        let mut shift = 0;
+        for ((source, name), lits) in found {
+            let expr = super::column(model, source, name);
+            let ty = expr.get_type(schema).ok()?;
+            let domain = domain(&ty, &lits)?;
+            let literals = match domain {
+                Domain::Str => {
+                    let mut s: Vec<String> = lits
+                        .iter()
+                        .map(|l| match l {
+                            Lit::String(s) => s.to_string(),
+                            _ => unreachable!("a string domain has string literals"),
+                        })
+                        .collect();
+                    s.sort();
+                    s.dedup();
+                    Literals::Strings(s)
+                }
+                _ => {
+                    let mut k = lits.iter().map(|l| key(&domain, l)).collect::<Option<Vec<i64>>>()?;
+                    k.sort_unstable();
+                    k.dedup();
+                    Literals::Keys(k)
+                }
+            };
+            let bits = bits_for(literals.len());
+            columns.push(ClassColumn {
+                source,
+                name: name.to_string(),
+                domain,
+                literals,
+                shift,
+                bits,
+            });
+            shift += bits;
+            if shift > u64::BITS {
+                return None;
+            }
+        }
+        Some(Classes { columns })
+    }
+
+    /// `tally_classes([period,] columns...)`: a row's classes, packed; with a period (a
+    /// Date32, for classes of [`Classes::bits`] ≤ 32), its days in the upper 32 bits.
+    pub fn packed(&self, model: &Model, period: Option<Expr>) -> Expr {
+        let with_period = period.is_some();
+        let args = period
+            .into_iter()
+            .chain(self.columns.iter().map(|c| super::column(model, c.source, &c.name)))
+            .collect();
+        ScalarUDF::from(Packer::new(self.clone(), with_period)).call(args)
+    }
+
+    /// The bits the classes take.
+    pub fn bits(&self) -> u32 {
+        self.columns.iter().map(|c| c.bits).sum()
+    }
+
+    /// The period (Date32) packed with the classes.
+    pub fn period(packed: &Expr) -> Expr {
+        let days = bin(packed.clone(), Operator::BitwiseShiftRight, lit(32u64));
+        let days = func::nullif(days, lit(0u64));
+        let days = datafusion::logical_expr::cast(days, DataType::Int64) - lit(PERIOD_OFFSET);
+        datafusion::logical_expr::cast(datafusion::logical_expr::cast(days, DataType::Int32), DataType::Date32)
+    }
+
+    /// `filter` (one the classes were made of) as comparisons of the classes in `packed`.
+    pub fn filter(&self, e: &RowExpr, packed: &Expr) -> Expr {
+        let r = |x: &RowExpr| self.filter(x, packed);
+        let class = |c: (SourceId, &str)| self.class(c, packed);
+        let code = |c: (SourceId, &str), l: &RowExpr| lit(self.equal_class(c, l));
+        match &e.kind {
+            RowKind::Binary(BinOp::And, a, b) => r(a).and(r(b)),
+            RowKind::Binary(BinOp::Or, a, b) => r(a).or(r(b)),
+            RowKind::Not(a) => datafusion::logical_expr::not(r(a)),
+            RowKind::Binary(..) => {
+                let (op, c, l) = comparison(e).expect("a comparison of a column with a literal");
+                let (x, k) = (class(c), code(c, l));
+                match op {
+                    BinOp::Eq => x.eq(k),
+                    BinOp::Ne => x.not_eq(k),
+                    BinOp::Lt => x.lt(k),
+                    BinOp::Le => x.lt_eq(k),
+                    BinOp::Gt => x.gt(k),
+                    BinOp::Ge => x.gt_eq(k),
+                    _ => unreachable!("comparisons only"),
+                }
+            }
+            RowKind::Column { source, name } => class((*source, name)).eq(lit(self.class_of_true((*source, name)))),
+            RowKind::IsNull { expr, negated } => {
+                let x = class(column_of(expr).expect("a column"));
+                if *negated { x.is_not_null() } else { x.is_null() }
+            }
+            RowKind::InList { expr, list, negated } => {
+                let c = column_of(expr).expect("a column");
+                class(c).in_list(list.iter().map(|l| code(c, l)).collect(), *negated)
+            }
+            RowKind::Between {
+                expr,
+                low,
+                high,
+                negated,
+            } => {
+                let c = column_of(expr).expect("a column");
+                let (x, lo, hi) = (class(c), code(c, low), code(c, high));
+                if *negated {
+                    x.not_between(lo, hi)
+                } else {
+                    x.between(lo, hi)
+                }
+            }
+            _ => unreachable!("filters the classes were made of"),
+        }
+    }
+
+    fn column(&self, c: (SourceId, &str)) -> &ClassColumn {
+        self.columns
+            .iter()
+            .find(|x| x.source == c.0 && x.name == c.1)
+            .expect("a filter column")
+    }
+
+    /// A column's class in `packed`, null for a null value.
+    fn class(&self, c: (SourceId, &str), packed: &Expr) -> Expr {
+        let col = self.column(c);
+        let shifted = bin(packed.clone(), Operator::BitwiseShiftRight, lit(col.shift as u64));
+        let mask = (1u64 << col.bits) - 1;
+        func::nullif(bin(shifted, Operator::BitwiseAnd, lit(mask)), lit(0u64))
+    }
+
+    /// The class of the values equal to literal `l`.
+    fn equal_class(&self, c: (SourceId, &str), l: &RowExpr) -> u64 {
+        let col = self.column(c);
+        let i = match (&col.literals, Lit::of(l).expect("a literal")) {
+            (Literals::Strings(s), Lit::String(x)) => s.binary_search_by(|t| t.as_str().cmp(x)),
+            (Literals::Keys(k), l) => k.binary_search(&key(&col.domain, &l).expect("a literal of the domain")),
+            _ => unreachable!("literals of the column's domain"),
+        };
+        2 * i.expect("a literal of the column") as u64 + 2
+    }
+
+    fn class_of_true(&self, c: (SourceId, &str)) -> u64 {
+        let Literals::Keys(k) = &self.column(c).literals else {
+            unreachable!("a boolean column")
+        };
+        2 * k.binary_search(&1).expect("true among the literals") as u64 + 2
+    }
+}
+
+fn bin(l: Expr, op: Operator, r: Expr) -> Expr {
+    Expr::BinaryExpr(BinaryExpr::new(Box::new(l), op, Box::new(r)))
+}
+
+/// Added to a period's days (an i32) to pack them as an unsigned number (0: no period).
+const PERIOD_OFFSET: i64 = 1 << 31;
+
+/// The class of a key among sorted keys: a binary search without branches (values of a
+/// column are in no order, so a branch per step would be mispredicted half the time).
+#[inline]
+fn key_class(keys: &[i64], v: i64) -> u64 {
+    if keys.is_empty() {
+        return 1;
+    }
+    let (mut base, mut size) = (0, keys.len());
+    while size > 1 {
+        let half = size / 2;
+        base = std::hint::select_unpredictable(keys[base + half] < v, base + half, base);
+        size -= half;
+    }
+    // The number of keys below `v`.
+    let i = base + (keys[base] < v) as usize;
+    let equal = i < keys.len() && keys[i] == v;
+    2 * i as u64 + 1 + equal as u64
+}
+
+fn string_class(strings: &[String], v: &str) -> u64 {
+    let i = strings.partition_point(|t| t.as_str() < v);
+    let equal = i < strings.len() && strings[i] == v;
+    2 * i as u64 + 1 + equal as u64
+}
+
+/// The packing function itself.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Packer {
+    classes: Classes,
+    /// Whether the first argument is a period to pack above the classes.
+    with_period: bool,
+    signature: Signature,
+}
+
+impl Packer {
+    fn new(classes: Classes, with_period: bool) -> Packer {
+        Packer {
+            classes,
+            with_period,
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for Packer {
+    fn name(&self) -> &str {
+        "tally_classes"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::UInt64)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = args.number_rows;
+        let mut packed = vec![0u64; n];
+        let mut args = args.args.iter();
+        if self.with_period {
+            let period = args.next().expect("a period").to_array(n)?;
+            let days = cast(&cast(&period, &DataType::Date32)?, &DataType::Int32)?;
+            let days = days.as_primitive::<datafusion::arrow::datatypes::Int32Type>();
+            for (i, (p, &d)) in packed.iter_mut().zip(days.values().iter()).enumerate() {
+                // 0 stands for a row without a period (no time).
+                if days.is_valid(i) {
+                    *p = ((d as i64 + PERIOD_OFFSET) as u64) << 32;
+                }
+            }
+        }
+        for (col, arg) in self.classes.columns.iter().zip(args) {
+            let array = arg.to_array(n)?;
+            add_classes(col, &array, &mut packed)?;
+        }
+        Ok(ColumnarValue::Array(Arc::new(UInt64Array::from(packed))))
+    }
+}
+
+/// Adds the classes of a column's values into `packed`, at the column's place.
+fn add_classes(col: &ClassColumn, array: &ArrayRef, packed: &mut [u64]) -> Result<()> {
+    let shift = col.shift;
+    let nulls = array.logical_nulls();
+    let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
+    match (&col.domain, &col.literals) {
+        (Domain::Str, Literals::Strings(strings)) => {
+            if let Some(views) = array.as_string_view_opt() {
+                // Rows of a batch repeat a few views (a short string is its view; a long
+                // one points into the batch's buffers): each distinct view is looked up once.
+                let mut cache = ViewCache::new();
+                for (i, p) in packed.iter_mut().enumerate() {
+                    if valid(i) {
+                        let view = views.views()[i];
+                        let class = cache.get(view, || string_class(strings, views.value(i)));
+                        *p |= class << shift;
+                    }
+                }
+            } else {
+                let utf8 = cast(array, &DataType::Utf8)?;
+                let s = utf8.as_string::<i32>();
+                for (i, p) in packed.iter_mut().enumerate() {
+                    if valid(i) {
+                        *p |= string_class(strings, s.value(i)) << shift;
+                    }
+                }
+            }
+        }
+        (domain, Literals::Keys(keys)) => {
+            let ints = match domain {
+                Domain::Float => cast(array, &DataType::Float64)?,
+                Domain::Days => {
+                    cast(&cast(array, &DataType::Date32)?, &DataType::Int32).and_then(|a| cast(&a, &DataType::Int64))?
+                }
+                Domain::Time(_) => cast(array, &DataType::Int64)?,
+                _ => cast(array, &DataType::Int64)?,
+            };
+            let class_of = |v: i64| key_class(keys, v) << shift;
+            match domain {
+                Domain::Float => {
+                    let x = ints
+                        .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+                        .values();
+                    for (i, p) in packed.iter_mut().enumerate() {
+                        if valid(i) {
+                            *p |= class_of(float_key(x[i]));
+                        }
+                    }
+                }
+                _ => {
+                    let x = ints.as_primitive::<Int64Type>().values();
+                    match nulls {
+                        None => packed.iter_mut().zip(x.iter()).for_each(|(p, &v)| *p |= class_of(v)),
+                        Some(_) => {
+                            for (i, p) in packed.iter_mut().enumerate() {
+                                if valid(i) {
+                                    *p |= class_of(x[i]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        _ => return exec_err!("tally_classes: literals of another domain"),
+    }
+    Ok(())
+}
+
+/// A small direct-mapped cache from string views to classes.
+struct ViewCache {
+    slots: Vec<(u128, u64)>,
+}
+
+impl ViewCache {
+    const SIZE: usize = 256;
+
+    fn new() -> ViewCache {
+        // Class 0 (null) never comes from a lookup: it marks an empty slot.
+        ViewCache {
+            slots: vec![(0, 0); Self::SIZE],
+        }
+    }
+
+    #[inline]
+    fn get(&mut self, view: u128, compute: impl FnOnce() -> u64) -> u64 {
+        let h = ((view as u64) ^ ((view >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let slot = &mut self.slots[(h >> 56) as usize];
+        if slot.1 != 0 && slot.0 == view {
+            return slot.1;
+        }
+        let class = compute();
+        *slot = (view, class);
+        class
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_of_keys_follow_the_literals() {
+        let keys = [10, 20, 30];
+        let got: Vec<u64> = [5, 10, 15, 20, 25, 30, 35]
+            .iter()
+            .map(|&v| key_class(&keys, v))
+            .collect();
+        assert_eq!(got, vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(key_class(&[], 42), 1);
+        // Against a plain search, for every length and every place of the value.
+        for n in 0..9 {
+            let keys: Vec<i64> = (0..n).map(|k| k * 10).collect();
+            for v in -5..n * 10 + 5 {
+                let i = keys.partition_point(|t| *t < v);
+                let want = 2 * i as u64 + 1 + (i < keys.len() && keys[i] == v) as u64;
+                assert_eq!(key_class(&keys, v), want, "{v} among {keys:?}");
+            }
+        }
+        assert_eq!(bits_for(0), 1);
+        assert_eq!(bits_for(3), 3, "classes 0..=7");
+        assert_eq!(bits_for(4), 4, "classes 0..=9");
+    }
+
+    #[test]
+    fn float_keys_order_as_total_order() {
+        let mut xs = [
+            3.5,
+            0.0,
+            f64::NAN,
+            -f64::NAN,
+            f64::INFINITY,
+            -1e300,
+            f64::NEG_INFINITY,
+            1e-300,
+        ];
+        let mut by_key = xs;
+        xs.sort_by(f64::total_cmp);
+        by_key.sort_by_key(|x| float_key(*x));
+        assert_eq!(xs.map(f64::to_bits), by_key.map(f64::to_bits));
+        assert_eq!(float_key(-0.0), float_key(0.0), "-0.0 = 0.0, as DataFusion compares");
+    }
+
+    #[test]
+    fn string_classes_and_the_view_cache() {
+        let s = vec!["b".to_string(), "d".to_string()];
+        let got: Vec<u64> = ["a", "b", "c", "d", "e"].iter().map(|v| string_class(&s, v)).collect();
+        assert_eq!(got, vec![1, 2, 3, 4, 5]);
+        let mut cache = ViewCache::new();
+        assert_eq!(cache.get(7, || 3), 3);
+        assert_eq!(cache.get(7, || unreachable!("cached")), 3);
+    }
+}
