@@ -437,6 +437,26 @@ fn key_class(keys: &[i64], v: i64) -> u64 {
     2 * i as u64 + 1 + equal as u64
 }
 
+/// The classes of keys without nulls, by blocks: where a block's least and greatest keys
+/// are in one class, every key between them is (time columns, sorted, are such blocks);
+/// otherwise key by key.
+fn add_key_classes(keys: &[i64], x: &[i64], shift: u32, packed: &mut [u64]) {
+    const BLOCK: usize = 256;
+    for (xs, ps) in x.chunks(BLOCK).zip(packed.chunks_mut(BLOCK)) {
+        let (lo, hi) = xs
+            .iter()
+            .fold((i64::MAX, i64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let class = key_class(keys, lo);
+        if class == key_class(keys, hi) {
+            ps.iter_mut().for_each(|p| *p |= class << shift);
+        } else {
+            ps.iter_mut()
+                .zip(xs)
+                .for_each(|(p, &v)| *p |= key_class(keys, v) << shift);
+        }
+    }
+}
+
 fn string_class(strings: &[String], v: &str) -> u64 {
     let i = strings.partition_point(|t| t.as_str() < v);
     let equal = i < strings.len() && strings[i] == v;
@@ -509,11 +529,10 @@ fn add_classes(col: &ClassColumn, array: &ArrayRef, packed: &mut [u64]) -> Resul
                 // Rows of a batch repeat a few views (a short string is its view; a long
                 // one points into the batch's buffers): each distinct view is looked up once.
                 let mut cache = ViewCache::new();
-                for (i, p) in packed.iter_mut().enumerate() {
+                let rows = packed.iter_mut().zip(views.views().iter()).enumerate();
+                for (i, (p, &view)) in rows {
                     if valid(i) {
-                        let view = views.views()[i];
-                        let class = cache.get(view, || string_class(strings, views.value(i)));
-                        *p |= class << shift;
+                        *p |= cache.get(view, || string_class(strings, views.value(i))) << shift;
                     }
                 }
             } else {
@@ -550,7 +569,7 @@ fn add_classes(col: &ClassColumn, array: &ArrayRef, packed: &mut [u64]) -> Resul
                 _ => {
                     let x = ints.as_primitive::<Int64Type>().values();
                     match nulls {
-                        None => packed.iter_mut().zip(x.iter()).for_each(|(p, &v)| *p |= class_of(v)),
+                        None => add_key_classes(keys, x, shift, packed),
                         Some(_) => {
                             for (i, p) in packed.iter_mut().enumerate() {
                                 if valid(i) {
@@ -620,6 +639,20 @@ mod tests {
         assert_eq!(bits_for(0), 1);
         assert_eq!(bits_for(3), 3, "classes 0..=7");
         assert_eq!(bits_for(4), 4, "classes 0..=9");
+    }
+
+    #[test]
+    fn classes_by_blocks_equal_classes_key_by_key() {
+        let keys = [0, 100, 1000];
+        // Sorted (whole blocks in one class), random, and one block that ends on a literal.
+        let mut x: Vec<i64> = (0..600).map(|i| i * 3).collect();
+        x.extend((0..600).map(|i: i64| (i * 7919) % 1500 - 100));
+        x.extend(std::iter::repeat_n(100, 200).chain([101]));
+        let mut packed = vec![1u64; x.len()];
+        add_key_classes(&keys, &x, 2, &mut packed);
+        for (p, v) in packed.iter().zip(&x) {
+            assert_eq!(*p, 1 | key_class(&keys, *v) << 2, "{v}");
+        }
     }
 
     #[test]
