@@ -418,12 +418,12 @@ fn bin(l: Expr, op: Operator, r: Expr) -> Expr {
 /// Added to a period's days (an i32) to pack them as an unsigned number (0: no period).
 const PERIOD_OFFSET: i64 = 1 << 31;
 
-/// The class of a key among sorted keys: a binary search without branches (values of a
+/// The number of sorted keys below `v`: a binary search without branches (values of a
 /// column are in no order, so a branch per step would be mispredicted half the time).
 #[inline]
-fn key_class(keys: &[i64], v: i64) -> u64 {
+fn below(keys: &[i64], v: i64) -> usize {
     if keys.is_empty() {
-        return 1;
+        return 0;
     }
     let (mut base, mut size) = (0, keys.len());
     while size > 1 {
@@ -431,28 +431,95 @@ fn key_class(keys: &[i64], v: i64) -> u64 {
         base = std::hint::select_unpredictable(keys[base + half] < v, base + half, base);
         size -= half;
     }
-    // The number of keys below `v`.
-    let i = base + (keys[base] < v) as usize;
+    base + (keys[base] < v) as usize
+}
+
+/// The class of `v` with `i` keys below it.
+#[inline]
+fn class_at(keys: &[i64], i: usize, v: i64) -> u64 {
     let equal = i < keys.len() && keys[i] == v;
     2 * i as u64 + 1 + equal as u64
+}
+
+#[cfg(test)]
+fn key_class(keys: &[i64], v: i64) -> u64 {
+    class_at(keys, below(keys, v), v)
+}
+
+/// Sorted keys, with where each of [`KeyIndex::SLICES`] equal slices of their range starts
+/// among them: a value's slice leaves a search among the few keys of that slice, mostly
+/// none (a search among all the keys is a chain of dependent loads per row).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct KeyIndex {
+    keys: Vec<i64>,
+    /// The least key; slice `b` holds the values from `lo + (b << shift)` on.
+    lo: i64,
+    shift: u32,
+    /// `starts[b]`: the number of keys below slice `b` (SLICES + 1 of them), or nothing when
+    /// the keys are few enough to search directly.
+    starts: Vec<u32>,
+}
+
+impl KeyIndex {
+    const SLICES: usize = 1024;
+    /// Fewer keys than this are searched directly.
+    const FEW: usize = 8;
+
+    fn new(keys: &[i64]) -> KeyIndex {
+        let (lo, hi) = (keys.first().copied().unwrap_or(0), keys.last().copied().unwrap_or(0));
+        let span = hi.wrapping_sub(lo) as u64;
+        let shift = (0..64).find(|s| span >> s < Self::SLICES as u64).unwrap_or(63);
+        let starts = match keys.len() < Self::FEW {
+            true => Vec::new(),
+            false => (0..=Self::SLICES)
+                .map(|b| {
+                    let start = lo as i128 + ((b as i128) << shift);
+                    keys.partition_point(|&k| (k as i128) < start) as u32
+                })
+                .collect(),
+        };
+        KeyIndex {
+            keys: keys.to_vec(),
+            lo,
+            shift,
+            starts,
+        }
+    }
+
+    #[inline]
+    fn class(&self, v: i64) -> u64 {
+        let keys = &self.keys;
+        if self.starts.is_empty() {
+            return class_at(keys, below(keys, v), v);
+        }
+        if v < self.lo {
+            return 1;
+        }
+        let b = (v.wrapping_sub(self.lo) as u64 >> self.shift) as usize;
+        if b >= Self::SLICES {
+            // Above the last slice, so above every key.
+            return 2 * keys.len() as u64 + 1;
+        }
+        let (a, z) = (self.starts[b] as usize, self.starts[b + 1] as usize);
+        let i = a + below(&keys[a..z], v);
+        class_at(keys, i, v)
+    }
 }
 
 /// The classes of keys without nulls, by blocks: where a block's least and greatest keys
 /// are in one class, every key between them is (time columns, sorted, are such blocks);
 /// otherwise key by key.
-fn add_key_classes(keys: &[i64], x: &[i64], shift: u32, packed: &mut [u64]) {
+fn add_key_classes(index: &KeyIndex, x: &[i64], shift: u32, packed: &mut [u64]) {
     const BLOCK: usize = 256;
     for (xs, ps) in x.chunks(BLOCK).zip(packed.chunks_mut(BLOCK)) {
         let (lo, hi) = xs
             .iter()
             .fold((i64::MAX, i64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        let class = key_class(keys, lo);
-        if class == key_class(keys, hi) {
+        let class = index.class(lo);
+        if class == index.class(hi) {
             ps.iter_mut().for_each(|p| *p |= class << shift);
         } else {
-            ps.iter_mut()
-                .zip(xs)
-                .for_each(|(p, &v)| *p |= key_class(keys, v) << shift);
+            ps.iter_mut().zip(xs).for_each(|(p, &v)| *p |= index.class(v) << shift);
         }
     }
 }
@@ -467,6 +534,8 @@ fn string_class(strings: &[String], v: &str) -> u64 {
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Packer {
     classes: Classes,
+    /// Per column, its keys' index (strings have none).
+    indexes: Vec<Option<KeyIndex>>,
     /// Whether the first argument is a period to pack above the classes.
     with_period: bool,
     signature: Signature,
@@ -474,8 +543,17 @@ struct Packer {
 
 impl Packer {
     fn new(classes: Classes, with_period: bool) -> Packer {
+        let indexes = classes
+            .columns
+            .iter()
+            .map(|c| match &c.literals {
+                Literals::Keys(k) => Some(KeyIndex::new(k)),
+                Literals::Strings(_) => None,
+            })
+            .collect();
         Packer {
             classes,
+            indexes,
             with_period,
             signature: Signature::variadic_any(Volatility::Immutable),
         }
@@ -510,16 +588,16 @@ impl ScalarUDFImpl for Packer {
                 }
             }
         }
-        for (col, arg) in self.classes.columns.iter().zip(args) {
+        for ((col, index), arg) in self.classes.columns.iter().zip(&self.indexes).zip(args) {
             let array = arg.to_array(n)?;
-            add_classes(col, &array, &mut packed)?;
+            add_classes(col, index.as_ref(), &array, &mut packed)?;
         }
         Ok(ColumnarValue::Array(Arc::new(UInt64Array::from(packed))))
     }
 }
 
 /// Adds the classes of a column's values into `packed`, at the column's place.
-fn add_classes(col: &ClassColumn, array: &ArrayRef, packed: &mut [u64]) -> Result<()> {
+fn add_classes(col: &ClassColumn, index: Option<&KeyIndex>, array: &ArrayRef, packed: &mut [u64]) -> Result<()> {
     let shift = col.shift;
     let nulls = array.logical_nulls();
     let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
@@ -545,7 +623,10 @@ fn add_classes(col: &ClassColumn, array: &ArrayRef, packed: &mut [u64]) -> Resul
                 }
             }
         }
-        (domain, Literals::Keys(keys)) => {
+        (domain, Literals::Keys(_)) => {
+            let Some(index) = index else {
+                return exec_err!("tally_classes: keys without an index");
+            };
             let ints = match domain {
                 Domain::Float => cast(array, &DataType::Float64)?,
                 Domain::Days => {
@@ -554,7 +635,7 @@ fn add_classes(col: &ClassColumn, array: &ArrayRef, packed: &mut [u64]) -> Resul
                 Domain::Time(_) => cast(array, &DataType::Int64)?,
                 _ => cast(array, &DataType::Int64)?,
             };
-            let class_of = |v: i64| key_class(keys, v) << shift;
+            let class_of = |v: i64| index.class(v) << shift;
             match domain {
                 Domain::Float => {
                     let x = ints
@@ -569,7 +650,7 @@ fn add_classes(col: &ClassColumn, array: &ArrayRef, packed: &mut [u64]) -> Resul
                 _ => {
                     let x = ints.as_primitive::<Int64Type>().values();
                     match nulls {
-                        None => add_key_classes(keys, x, shift, packed),
+                        None => add_key_classes(index, x, shift, packed),
                         Some(_) => {
                             for (i, p) in packed.iter_mut().enumerate() {
                                 if valid(i) {
@@ -649,9 +730,32 @@ mod tests {
         x.extend((0..600).map(|i: i64| (i * 7919) % 1500 - 100));
         x.extend(std::iter::repeat_n(100, 200).chain([101]));
         let mut packed = vec![1u64; x.len()];
-        add_key_classes(&keys, &x, 2, &mut packed);
+        add_key_classes(&KeyIndex::new(&keys), &x, 2, &mut packed);
         for (p, v) in packed.iter().zip(&x) {
             assert_eq!(*p, 1 | key_class(&keys, *v) << 2, "{v}");
+        }
+    }
+
+    #[test]
+    fn the_index_of_keys_finds_the_classes_a_search_finds() {
+        // Clustered and spread keys, extremes of i64, and values around every key.
+        let sets: Vec<Vec<i64>> = vec![
+            vec![0, 1, 5, 9, 13, 17, 400, 800, 1200, 1600, 999_981, 999_985, 999_998],
+            (0..40).map(|k| k * k * 37 - 500).collect(),
+            vec![i64::MIN, -1, 0, 1, 2, 3, 4, 5, i64::MAX],
+            vec![7; 1].into_iter().chain(8..20).collect(),
+        ];
+        for keys in sets {
+            let index = KeyIndex::new(&keys);
+            let mut values: Vec<i64> = keys
+                .iter()
+                .flat_map(|&k| [k.saturating_sub(1), k, k.saturating_add(1)])
+                .collect();
+            values.extend([i64::MIN, i64::MAX, 0, 123_456, -123_456]);
+            values.extend((0..2000).map(|i: i64| i * 613 - 100_000));
+            for v in values {
+                assert_eq!(index.class(v), key_class(&keys, v), "{v} among {keys:?}");
+            }
         }
     }
 
