@@ -625,37 +625,9 @@ fn scan_plan(
                 _ => None,
             };
             match (regroup, dense) {
-                (Regroup::Classes(classes), _) => {
-                    let packed = Expr::Column(Column::from_name(CLASSES));
-                    let filter = |f: &RowExpr| classes.filter(f, &packed);
-                    let keys: Vec<Expr> = group
-                        .iter()
-                        .map(|g| Expr::Column(Column::from_name(g.schema_name().to_string())))
-                        .collect();
-                    // By period alone, the period goes into the packed number too: grouping by
-                    // one integer is the cheapest grouping there is.
-                    let day_period = by_period.filter(|p| {
-                        let ty = datafusion::logical_expr::ExprSchemable::get_type(p, builder.schema());
-                        matches!(ty, Ok(DataType::Date32))
-                    });
-                    let (first, second) = match day_period {
-                        Some(p) if classes.bits() <= 32 => (
-                            vec![classes.packed(model, Some(p)).alias(CLASSES)],
-                            vec![Classes::period(&packed).alias(PERIOD)],
-                        ),
-                        _ => {
-                            let mut first = group;
-                            first.push(classes.packed(model, None).alias(CLASSES));
-                            (first, keys)
-                        }
-                    };
-                    pre_aggregated(model, builder, first, second, &filter, measures)?
-                }
+                (Regroup::Classes(classes), _) => by_classes(model, builder, group, by_period, &classes, measures)?,
                 (Regroup::Columns(columns), _) => {
-                    let keys = group
-                        .iter()
-                        .map(|g| Expr::Column(Column::from_name(g.schema_name().to_string())))
-                        .collect();
+                    let keys = names_of(&group);
                     let mut first = group;
                     first.extend(columns.iter().map(|(s, c)| column(model, *s, c)));
                     pre_aggregated(model, builder, first, keys, &|f| row_expr(model, f), measures)?
@@ -1463,6 +1435,46 @@ fn categorical(e: &RowExpr, out: &mut Vec<(SourceId, String)>) -> bool {
     };
     e.walk(&mut visit);
     ok
+}
+
+/// The measures aggregated by period, breakdown and the classes of their filters' columns,
+/// then re-aggregated with their filters over the classes. By period alone, the period goes
+/// into the packed number too: grouping by one integer is the cheapest grouping there is.
+fn by_classes(
+    model: &Model,
+    builder: LogicalPlanBuilder,
+    group: Vec<Expr>,
+    by_period: Option<Expr>,
+    classes: &Classes,
+    measures: &[MeasureId],
+) -> Result<LogicalPlan> {
+    let packed = Expr::Column(Column::from_name(CLASSES));
+    let filter = |f: &RowExpr| classes.filter(f, &packed);
+    let days = by_period.filter(|p| {
+        let ty = datafusion::logical_expr::ExprSchemable::get_type(p, builder.schema());
+        matches!(ty, Ok(DataType::Date32)) && classes.bits() <= 32
+    });
+    let (first, second) = match days {
+        Some(p) => (
+            vec![classes.packed(model, Some(p)).alias(CLASSES)],
+            vec![Classes::period(&packed).alias(PERIOD)],
+        ),
+        None => {
+            let keys = names_of(&group);
+            let mut first = group;
+            first.push(classes.packed(model, None).alias(CLASSES));
+            (first, keys)
+        }
+    };
+    pre_aggregated(model, builder, first, second, &filter, measures)
+}
+
+/// Columns named as these expressions' outputs.
+fn names_of(exprs: &[Expr]) -> Vec<Expr> {
+    exprs
+        .iter()
+        .map(|e| Expr::Column(Column::from_name(e.schema_name().to_string())))
+        .collect()
 }
 
 /// Two aggregates: by `first` (period, breakdown and the filters' columns or classes),
