@@ -1394,18 +1394,21 @@ enum Regroup {
 
 /// The filters of a KPI pack compare a few columns with literals (`status = "completed"`,
 /// `channel in (...)`, `amount > 100`). Evaluated per row, twenty of them cost four times
-/// one. When a scan has two filtered measures or more and every measure can be
-/// re-aggregated, the rows are first aggregated by period, breakdown and the classes of
-/// the filter columns (when every filter compares columns with literals) or the values of
-/// those columns (when they are a few string or boolean columns), and the filters are
-/// evaluated on that small table instead.
+/// one. When the measures of a scan have two different filters or more (one filter is
+/// evaluated once, however many measures share it) and every measure can be
+/// re-aggregated, the rows are first aggregated by period, breakdown and the classes of the
+/// filter columns (when every filter compares columns with literals) or the values of those
+/// columns (when they are a few string or boolean columns), and the filters are evaluated
+/// on that small table instead.
 fn regroup(model: &Model, measures: &[MeasureId], schema: &DFSchema) -> Regroup {
     /// More columns would risk a first aggregate nearly as large as the data.
     const MAX_COLUMNS: usize = 3;
-    let filters: Vec<&RowExpr> = measures
-        .iter()
-        .filter_map(|&m| model.measures[m].filter.as_ref())
-        .collect();
+    let mut filters: Vec<&RowExpr> = Vec::new();
+    for f in measures.iter().filter_map(|&m| model.measures[m].filter.as_ref()) {
+        if !filters.contains(&f) {
+            filters.push(f);
+        }
+    }
     if filters.len() < 2 || !measures.iter().all(|&m| model.measures[m].agg.reaggregatable()) {
         return Regroup::None;
     }
