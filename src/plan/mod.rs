@@ -1037,7 +1037,28 @@ fn aggregate_then_join(
             }
         });
     }
-    let split = two_phase(model, measures, FilterIn::First);
+    // Many filters are evaluated on the first aggregate's groups, as in a scan without
+    // joins (see [`regroup`]).
+    let packed = Expr::Column(Column::from_name(CLASSES));
+    let regrouped = regroup(model, measures, builder.schema());
+    let filter = |f: &RowExpr| match &regrouped {
+        Regroup::Classes(c) => c.filter(f, &packed),
+        _ => row_expr(model, f),
+    };
+    let filter_in = match &regrouped {
+        Regroup::Classes(c) => {
+            first_group.push(c.packed(model, None).alias(CLASSES));
+            FilterIn::Second(&filter)
+        }
+        Regroup::Columns(columns) => {
+            for (_, name) in columns {
+                key(name, &mut first_group);
+            }
+            FilterIn::Second(&filter)
+        }
+        Regroup::None => FilterIn::First,
+    };
+    let split = two_phase(model, measures, filter_in);
     builder = builder.aggregate(first_group, split.first).map_err(internal)?;
     for &(from, j) in edges {
         builder = join(model, builder, from, j)?;

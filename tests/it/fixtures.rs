@@ -570,10 +570,15 @@ fn literal_filters_on_classes_give_the_numbers_of_filters_per_row() {
         "at between 2026-01-10 and 2026-01-20",
         "s = \"a\" and n > 1 or d is null",
     ];
-    let mut text = String::new();
+    // A small lookup, joined after aggregating (the breakdown by kind).
+    std::fs::write(data.join("kinds.csv"), "k,kind\np,odd\nq,even\n").unwrap();
+    let mut text = String::from("source kinds {\n  file: \"kinds.csv\"\n  key: k\n}\n");
     for (src, file) in [("c", "t.csv"), ("p", "t.parquet")] {
-        text.push_str(&format!("source {src} {{\n  file: \"{file}\"\n  time: at\n}}\n"));
+        text.push_str(&format!(
+            "source {src} {{\n  file: \"{file}\"\n  time: at\n  join kinds on k\n}}\n"
+        ));
         text.push_str(&format!("dimension k_{src} = {src}.k\n"));
+        text.push_str(&format!("dimension kind_{src} = kinds.kind\n"));
         for (i, f) in filters.iter().enumerate() {
             text.push_str(&format!("metric {src}_{i} = count({src} where {f})\n"));
         }
@@ -590,17 +595,23 @@ fn literal_filters_on_classes_give_the_numbers_of_filters_per_row() {
         names.push(format!("{src}_sum"));
         names.push(format!("{src}_avg"));
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let query = tally::plan::Query {
-            metrics: names.iter().map(|n| env.model.metric(n).unwrap()).collect(),
-            grain: Some(tally::time::Grain::Month),
-            ..tally::plan::Query::default()
-        };
-        let plan = tally::plan::build(&env.model, &env.files, &env.settings.calendar(), query).unwrap();
-        let shown = format!("{}", plan.scans[0].plan.display_indent());
-        assert!(shown.contains("tally_classes"), "{shown}");
+        // By period alone, and by a breakdown of the lookup (joined after aggregating).
+        for dimensions in [vec![], vec![env.model.dimension(&format!("kind_{src}")).unwrap()]] {
+            let joined = !dimensions.is_empty();
+            let query = tally::plan::Query {
+                metrics: names.iter().map(|n| env.model.metric(n).unwrap()).collect(),
+                grain: Some(tally::time::Grain::Month),
+                dimensions,
+                ..tally::plan::Query::default()
+            };
+            let plan = tally::plan::build(&env.model, &env.files, &env.settings.calendar(), query).unwrap();
+            let shown = format!("{}", plan.scans[0].plan.display_indent());
+            assert!(shown.contains("tally_classes"), "{shown}");
+            assert_eq!(shown.contains("Join"), joined, "{shown}");
+        }
 
         // Hand-computed totals of a few.
-        let dim = format!("k_{src}");
+        let (dim, kind) = (format!("k_{src}"), format!("kind_{src}"));
         let total = env.query(&names, Q::default());
         let by_name = |n: &str| total.rows[0].values[names.iter().position(|x| *x == n).unwrap()];
         let s = |x: f64| Some(x);
@@ -618,7 +629,7 @@ fn literal_filters_on_classes_give_the_numbers_of_filters_per_row() {
         assert_eq!(by_name(&format!("{src}_sum")), s(4.), "2 + 2 (the null n adds nothing)");
 
         for grain in [None, Some("day"), Some("month")] {
-            for dims in [&[][..], &[dim.as_str()][..]] {
+            for dims in [&[][..], &[dim.as_str()][..], &[kind.as_str()][..]] {
                 let q = || Q {
                     grain,
                     dims,
