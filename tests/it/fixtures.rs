@@ -584,6 +584,11 @@ fn literal_filters_on_classes_give_the_numbers_of_filters_per_row() {
         }
         text.push_str(&format!("metric {src}_sum = sum({src}.n where s = \"b\")\n"));
         text.push_str(&format!("metric {src}_avg = avg({src}.n where x >= -0.5)\n"));
+        // Filters on the lookup's columns: the scan joins first, then groups by classes.
+        text.push_str(&format!("metric {src}_odd = count({src} where kinds.kind = \"odd\")\n"));
+        text.push_str(&format!(
+            "metric {src}_even = sum({src}.n where kinds.kind != \"odd\" and n > 1)\n"
+        ));
     }
     std::fs::create_dir_all(dir.path().join("metrics")).unwrap();
     std::fs::write(dir.path().join("metrics/t.tally"), text).unwrap();
@@ -628,7 +633,25 @@ fn literal_filters_on_classes_give_the_numbers_of_filters_per_row() {
         );
         assert_eq!(by_name(&format!("{src}_sum")), s(4.), "2 + 2 (the null n adds nothing)");
 
-        for grain in [None, Some("day"), Some("month")] {
+        let odd = [format!("{src}_0"), format!("{src}_odd"), format!("{src}_even")];
+        let odd: Vec<&str> = odd.iter().map(String::as_str).collect();
+        let query = tally::plan::Query {
+            metrics: odd.iter().map(|n| env.model.metric(n).unwrap()).collect(),
+            ..tally::plan::Query::default()
+        };
+        let plan = tally::plan::build(&env.model, &env.files, &env.settings.calendar(), query).unwrap();
+        let shown = format!("{}", plan.scans[0].plan.display_indent());
+        assert!(shown.contains("tally_classes") && shown.contains("Join"), "{shown}");
+        let odd_total = env.query(&odd, Q::default());
+        assert_eq!(
+            odd_total.rows[0].values,
+            vec![s(3.), s(4.), s(14.)],
+            "odd: k = p; even: 2 + 3 + 9 (k = q)"
+        );
+        for (grain, names) in [None, Some("day"), Some("month")]
+            .into_iter()
+            .flat_map(|g| [(g, &names), (g, &odd)])
+        {
             for dims in [&[][..], &[dim.as_str()][..], &[kind.as_str()][..]] {
                 let q = || Q {
                     grain,
