@@ -658,7 +658,7 @@ fn literal_filters_on_classes_give_the_numbers_of_filters_per_row() {
                     dims,
                     ..Q::default()
                 };
-                let together = env.query(&names, q());
+                let together = env.query(names, q());
                 for (i, name) in names.iter().enumerate() {
                     let alone = env.query(&[name], q());
                     assert_eq!(together.rows.len(), alone.rows.len(), "{name}");
