@@ -210,6 +210,10 @@ fn domain(ty: &DataType, lits: &[Lit]) -> Option<Domain> {
             if all(|l| matches!(l, Lit::Number(n) if integral(*n))) {
                 Some(Domain::Int)
             } else if all(|l| matches!(l, Lit::Number(_))) {
+                // DataFusion compares the column with a fractional literal as Float64, and
+                // with an integral one (below 2⁵³) as Int64; comparing all in Float64 gives
+                // the same answers: integers up to 2⁵³ are exact, larger ones stay above
+                // every integral literal when rounded.
                 Some(Domain::Float)
             } else {
                 None
