@@ -18,7 +18,7 @@ use crate::ast::BinOp;
 use crate::model::{Model, RowExpr, RowKind, SourceId};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt64Array};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Date32Type, Float64Type, Int64Type, TimeUnit};
 use datafusion::common::{DFSchema, Result, exec_err};
 use datafusion::functions::expr_fn as func;
 use datafusion::logical_expr::{
@@ -45,15 +45,15 @@ enum Domain {
 /// A column's literals, sorted and without duplicates.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Literals {
-    /// Integers, days, timestamps, or the total-order keys of floats.
-    Keys(Vec<i64>),
+    /// Integers, days, timestamps, or the total-order keys of floats, with their index.
+    Keys(KeyIndex),
     Strings(Vec<String>),
 }
 
 impl Literals {
     fn len(&self) -> usize {
         match self {
-            Literals::Keys(k) => k.len(),
+            Literals::Keys(k) => k.keys.len(),
             Literals::Strings(s) => s.len(),
         }
     }
@@ -288,7 +288,7 @@ impl Classes {
                     let mut k = lits.iter().map(|l| key(&domain, l)).collect::<Option<Vec<i64>>>()?;
                     k.sort_unstable();
                     k.dedup();
-                    Literals::Keys(k)
+                    Literals::Keys(KeyIndex::new(&k))
                 }
             };
             let bits = bits_for(literals.len());
@@ -401,7 +401,9 @@ impl Classes {
         let col = self.column(c);
         let i = match (&col.literals, Lit::of(l).expect("a literal")) {
             (Literals::Strings(s), Lit::String(x)) => s.binary_search_by(|t| t.as_str().cmp(x)),
-            (Literals::Keys(k), l) => k.binary_search(&key(&col.domain, &l).expect("a literal of the domain")),
+            (Literals::Keys(k), l) => k
+                .keys
+                .binary_search(&key(&col.domain, &l).expect("a literal of the domain")),
             _ => unreachable!("literals of the column's domain"),
         };
         2 * i.expect("a literal of the column") as u64 + 2
@@ -411,7 +413,7 @@ impl Classes {
         let Literals::Keys(k) = &self.column(c).literals else {
             unreachable!("a boolean column")
         };
-        2 * k.binary_search(&1).expect("true among the literals") as u64 + 2
+        2 * k.keys.binary_search(&1).expect("true among the literals") as u64 + 2
     }
 }
 
@@ -453,7 +455,7 @@ fn key_class(keys: &[i64], v: i64) -> u64 {
 /// Sorted keys, with where each of [`KeyIndex::SLICES`] equal slices of their range starts
 /// among them: a value's slice leaves a search among the few keys of that slice, mostly
 /// none (a search among all the keys is a chain of dependent loads per row).
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct KeyIndex {
     keys: Vec<i64>,
     /// The least key; slice `b` holds the values from `lo + (b << shift)` on.
@@ -538,8 +540,6 @@ fn string_class(strings: &[String], v: &str) -> u64 {
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Packer {
     classes: Classes,
-    /// Per column, its keys' index (strings have none).
-    indexes: Vec<Option<KeyIndex>>,
     /// Whether the first argument is a period to pack above the classes.
     with_period: bool,
     signature: Signature,
@@ -547,17 +547,8 @@ struct Packer {
 
 impl Packer {
     fn new(classes: Classes, with_period: bool) -> Packer {
-        let indexes = classes
-            .columns
-            .iter()
-            .map(|c| match &c.literals {
-                Literals::Keys(k) => Some(KeyIndex::new(k)),
-                Literals::Strings(_) => None,
-            })
-            .collect();
         Packer {
             classes,
-            indexes,
             with_period,
             signature: Signature::variadic_any(Volatility::Immutable),
         }
@@ -583,8 +574,9 @@ impl ScalarUDFImpl for Packer {
         let mut args = args.args.iter();
         if self.with_period {
             let period = args.next().expect("a period").to_array(n)?;
-            let days = cast(&cast(&period, &DataType::Date32)?, &DataType::Int32)?;
-            let days = days.as_primitive::<datafusion::arrow::datatypes::Int32Type>();
+            let Some(days) = period.as_primitive_opt::<Date32Type>() else {
+                return exec_err!("tally_classes: a period of type Date32 was expected");
+            };
             for (i, (p, &d)) in packed.iter_mut().zip(days.values().iter()).enumerate() {
                 // 0 stands for a row without a period (no time).
                 if days.is_valid(i) {
@@ -592,16 +584,15 @@ impl ScalarUDFImpl for Packer {
                 }
             }
         }
-        for ((col, index), arg) in self.classes.columns.iter().zip(&self.indexes).zip(args) {
-            let array = arg.to_array(n)?;
-            add_classes(col, index.as_ref(), &array, &mut packed)?;
+        for (col, arg) in self.classes.columns.iter().zip(args) {
+            add_classes(col, &arg.to_array(n)?, &mut packed)?;
         }
         Ok(ColumnarValue::Array(Arc::new(UInt64Array::from(packed))))
     }
 }
 
 /// Adds the classes of a column's values into `packed`, at the column's place.
-fn add_classes(col: &ClassColumn, index: Option<&KeyIndex>, array: &ArrayRef, packed: &mut [u64]) -> Result<()> {
+fn add_classes(col: &ClassColumn, array: &ArrayRef, packed: &mut [u64]) -> Result<()> {
     let shift = col.shift;
     let nulls = array.logical_nulls();
     let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
@@ -627,40 +618,24 @@ fn add_classes(col: &ClassColumn, index: Option<&KeyIndex>, array: &ArrayRef, pa
                 }
             }
         }
-        (domain, Literals::Keys(_)) => {
-            let Some(index) = index else {
-                return exec_err!("tally_classes: keys without an index");
-            };
-            let ints = match domain {
-                Domain::Float => cast(array, &DataType::Float64)?,
+        (domain, Literals::Keys(index)) => {
+            let keys = match domain {
+                Domain::Float => {
+                    let x = cast(array, &DataType::Float64)?;
+                    Arc::new(x.as_primitive::<Float64Type>().unary::<_, Int64Type>(float_key))
+                }
                 Domain::Days => {
                     cast(&cast(array, &DataType::Date32)?, &DataType::Int32).and_then(|a| cast(&a, &DataType::Int64))?
                 }
-                Domain::Time(_) => cast(array, &DataType::Int64)?,
                 _ => cast(array, &DataType::Int64)?,
             };
-            let class_of = |v: i64| index.class(v) << shift;
-            match domain {
-                Domain::Float => {
-                    let x = ints
-                        .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
-                        .values();
+            let x = keys.as_primitive::<Int64Type>().values();
+            match nulls {
+                None => add_key_classes(index, x, shift, packed),
+                Some(_) => {
                     for (i, p) in packed.iter_mut().enumerate() {
                         if valid(i) {
-                            *p |= class_of(float_key(x[i]));
-                        }
-                    }
-                }
-                _ => {
-                    let x = ints.as_primitive::<Int64Type>().values();
-                    match nulls {
-                        None => add_key_classes(index, x, shift, packed),
-                        Some(_) => {
-                            for (i, p) in packed.iter_mut().enumerate() {
-                                if valid(i) {
-                                    *p |= class_of(x[i]);
-                                }
-                            }
+                            *p |= index.class(x[i]) << shift;
                         }
                     }
                 }
