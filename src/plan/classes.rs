@@ -14,6 +14,7 @@
 //! `c > tⱼ` is then `class > 2j + 2`, `c = tⱼ` is `class = 2j + 2`, and so on; a null class
 //! (0 read back as null) keeps SQL's answer for nulls, also under `not`.
 
+use super::integral;
 use crate::ast::BinOp;
 use crate::model::{Model, RowExpr, RowKind, SourceId};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt64Array};
@@ -22,8 +23,8 @@ use datafusion::arrow::datatypes::{DataType, Date32Type, Float64Type, Int64Type,
 use datafusion::common::{DFSchema, Result, exec_err};
 use datafusion::functions::expr_fn as func;
 use datafusion::logical_expr::{
-    BinaryExpr, ColumnarValue, Expr, ExprSchemable, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    Volatility, lit,
+    ColumnarValue, Expr, ExprSchemable, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    binary_expr, lit,
 };
 use std::sync::Arc;
 
@@ -195,11 +196,6 @@ fn float_key(x: f64) -> i64 {
     bits ^ ((((bits >> 63) as u64) >> 1) as i64)
 }
 
-/// Whether a number literal is written into plans as an integer (as `row_expr` does).
-fn integral(n: f64) -> bool {
-    n.fract() == 0.0 && n.abs() < 9e15
-}
-
 /// The domain of a column of this type, meeting these literals; `None` when the classes
 /// would not give the answers DataFusion's own comparisons give.
 fn domain(ty: &DataType, lits: &[Lit]) -> Option<Domain> {
@@ -326,7 +322,7 @@ impl Classes {
 
     /// The period (Date32) packed with the classes.
     pub fn period(packed: &Expr) -> Expr {
-        let days = bin(packed.clone(), Operator::BitwiseShiftRight, lit(32u64));
+        let days = binary_expr(packed.clone(), Operator::BitwiseShiftRight, lit(32u64));
         let days = func::nullif(days, lit(0u64));
         let days = datafusion::logical_expr::cast(days, DataType::Int64) - lit(PERIOD_OFFSET);
         datafusion::logical_expr::cast(datafusion::logical_expr::cast(days, DataType::Int32), DataType::Date32)
@@ -391,9 +387,9 @@ impl Classes {
     /// A column's class in `packed`, null for a null value.
     fn class(&self, c: (SourceId, &str), packed: &Expr) -> Expr {
         let col = self.column(c);
-        let shifted = bin(packed.clone(), Operator::BitwiseShiftRight, lit(col.shift as u64));
+        let shifted = binary_expr(packed.clone(), Operator::BitwiseShiftRight, lit(col.shift as u64));
         let mask = (1u64 << col.bits) - 1;
-        func::nullif(bin(shifted, Operator::BitwiseAnd, lit(mask)), lit(0u64))
+        func::nullif(binary_expr(shifted, Operator::BitwiseAnd, lit(mask)), lit(0u64))
     }
 
     /// The class of the values equal to literal `l`.
@@ -415,10 +411,6 @@ impl Classes {
         };
         2 * k.keys.binary_search(&1).expect("true among the literals") as u64 + 2
     }
-}
-
-fn bin(l: Expr, op: Operator, r: Expr) -> Expr {
-    Expr::BinaryExpr(BinaryExpr::new(Box::new(l), op, Box::new(r)))
 }
 
 /// Added to a period's days (an i32) to pack them as an unsigned number (0: no period).

@@ -1540,13 +1540,18 @@ fn measure_expr(model: &Model, m: MeasureId) -> Expr {
     with_filter(model, e, ms.filter.as_ref())
 }
 
+/// Whether a number literal goes into plans as an Int64 (otherwise as a Float64).
+fn integral(n: f64) -> bool {
+    n.fract() == 0.0 && n.abs() < 9e15
+}
+
 /// A typed row expression as a DataFusion expression.
 pub fn row_expr(model: &Model, e: &RowExpr) -> Expr {
     let r = |x: &RowExpr| row_expr(model, x);
     match &e.kind {
         RowKind::Column { source, name } => column(model, *source, name),
         RowKind::Number(n) => {
-            if n.fract() == 0.0 && n.abs() < 9e15 {
+            if integral(*n) {
                 lit(*n as i64)
             } else {
                 lit(*n)
