@@ -5,15 +5,26 @@ use crate::diagnostic::Diagnostic;
 use crate::settings::Settings;
 use crate::span::Span;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::Session;
+use datafusion::common::Statistics;
 use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::FileMeta;
 use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileSource};
+use datafusion::datasource::table_schema::TableSchema;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::object_store::path::Path as ObjectPath;
+use datafusion::object_store::{ObjectMeta, ObjectStore};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The file format of a source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,18 +68,222 @@ pub struct SourceData {
     pub schema: SchemaRef,
     options: ListingOptions,
     url: ListingTableUrl,
+    /// Found on first use (see [`SourceData::dictionary_columns`]).
+    dictionaries: Arc<OnceLock<Dictionaries>>,
 }
 
 impl SourceData {
     /// A table provider that DataFusion plans can scan.
     pub fn table(&self) -> datafusion::error::Result<Arc<ListingTable>> {
-        let file_schema = Arc::new(Schema::new(
-            self.schema.fields()[..self.schema.fields().len() - self.options.table_partition_cols.len()].to_vec(),
-        ));
+        self.table_reading(&[])
+    }
+
+    /// A table provider that reads the named columns (some of
+    /// [`SourceData::dictionary_columns`]) as Arrow dictionaries: a column's distinct strings
+    /// once per page and a small integer per row, instead of a string per row.
+    pub fn table_reading(&self, dictionary: &[String]) -> datafusion::error::Result<Arc<ListingTable>> {
+        let file_fields = &self.schema.fields()[..self.schema.fields().len() - self.options.table_partition_cols.len()];
+        let dictionaries = self.dictionaries();
+        let dictionary: Vec<&String> = dictionary.iter().filter(|c| dictionaries.columns.contains(c)).collect();
+        let as_dictionary = |schema: &Schema| {
+            let fields = schema.fields().iter().map(|f| match dictionary.contains(&f.name()) {
+                true => {
+                    let values = match f.data_type() {
+                        DataType::LargeUtf8 => DataType::LargeUtf8,
+                        _ => DataType::Utf8,
+                    };
+                    let t = DataType::Dictionary(Box::new(DataType::Int32), Box::new(values));
+                    Arc::new(f.as_ref().clone().with_data_type(t))
+                }
+                false => Arc::clone(f),
+            });
+            Arc::new(Schema::new(fields.collect::<Vec<_>>()))
+        };
+        let mut options = self.options.clone();
+        let mut file_schema = Arc::new(Schema::new(file_fields.to_vec()));
+        if !dictionary.is_empty() {
+            // The table's type for those columns is the type each file is read with, so
+            // nothing is cast between the two.
+            let hints = dictionaries
+                .files
+                .iter()
+                .map(|(f, schema)| (f.clone(), as_dictionary(schema)));
+            options.format = Arc::new(HintedParquet {
+                inner: ParquetFormat::default(),
+                hints: hints.collect(),
+            });
+            file_schema = as_dictionary(&file_schema);
+        }
         let config = ListingTableConfig::new(self.url.clone())
-            .with_listing_options(self.options.clone())
+            .with_listing_options(options)
             .with_schema(file_schema);
         Ok(Arc::new(ListingTable::try_new(config)?))
+    }
+
+    /// The string columns that every file of a Parquet source stores dictionary-encoded,
+    /// in every row group (the usual encoding of columns with few distinct values): they
+    /// can be read as Arrow dictionaries (see [`SourceData::table_reading`]). Found from
+    /// the files' footers, once; none when the files cannot all be read.
+    pub fn dictionary_columns(&self) -> &[String] {
+        &self.dictionaries().columns
+    }
+
+    fn dictionaries(&self) -> &Dictionaries {
+        self.dictionaries.get_or_init(|| match self.kind {
+            FileKind::Parquet => Dictionaries::of(&self.files()).unwrap_or_default(),
+            FileKind::Csv => Dictionaries::default(),
+        })
+    }
+
+    /// The files a listing of the source reads.
+    fn files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        list_files(&self.base(), &mut files);
+        let extension = &self.options.file_extension;
+        files.retain(|f| {
+            let located = ObjectPath::from_filesystem_path(f);
+            located.is_ok_and(|l| self.url.contains(&l, false)) && f.to_string_lossy().ends_with(extension.as_str())
+        });
+        files
+    }
+}
+
+/// See [`SourceData::dictionary_columns`].
+#[derive(Debug, Default)]
+struct Dictionaries {
+    columns: Vec<String>,
+    /// Each file, as DataFusion locates it, with the Arrow schema its reader gives it.
+    files: Vec<(ObjectPath, SchemaRef)>,
+}
+
+impl Dictionaries {
+    /// More files than this are not examined: their footers would cost more than the
+    /// dictionaries save.
+    const MAX_FILES: usize = 1000;
+
+    fn of(files: &[PathBuf]) -> Option<Dictionaries> {
+        use datafusion::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+        use datafusion::parquet::basic::Encoding;
+        use datafusion::parquet::file::metadata::ParquetMetaDataReader;
+        if files.is_empty() || files.len() > Self::MAX_FILES {
+            return None;
+        }
+        let mut columns: Option<Vec<(String, DataType)>> = None;
+        let mut out = Vec::new();
+        for f in files {
+            let metadata = ParquetMetaDataReader::new()
+                .parse_and_finish(&std::fs::File::open(f).ok()?)
+                .ok()?;
+            let metadata = Arc::new(metadata);
+            let schema = Arc::clone(
+                ArrowReaderMetadata::try_new(Arc::clone(&metadata), ArrowReaderOptions::new())
+                    .ok()?
+                    .schema(),
+            );
+            let leaves = metadata.file_metadata().schema_descr().columns().to_vec();
+            let dictionary_only = |name: &str| {
+                let Some(leaf) = leaves.iter().position(|c| c.path().parts() == [name]) else {
+                    return false;
+                };
+                metadata.row_groups().iter().all(|rg| {
+                    let chunk = rg.column(leaf);
+                    chunk.dictionary_page_offset().is_some()
+                        && chunk.page_encoding_stats_mask().is_some_and(|m| {
+                            m.is_only(Encoding::RLE_DICTIONARY) || m.is_only(Encoding::PLAIN_DICTIONARY)
+                        })
+                })
+            };
+            let here: Vec<(String, DataType)> = schema
+                .fields()
+                .iter()
+                .filter(|f| matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8) && dictionary_only(f.name()))
+                .map(|f| (f.name().clone(), f.data_type().clone()))
+                .collect();
+            columns = Some(match columns {
+                None => here,
+                Some(c) => c.into_iter().filter(|x| here.contains(x)).collect(),
+            });
+            out.push((ObjectPath::from_filesystem_path(f).ok()?, schema));
+        }
+        Some(Dictionaries {
+            columns: columns?.into_iter().map(|(name, _)| name).collect(),
+            files: out,
+        })
+    }
+}
+
+/// Parquet, with each file read with a schema of tally's (PartitionedFile's Arrow schema):
+/// how DataFusion's reader is told to give some string columns as dictionaries.
+#[derive(Debug)]
+struct HintedParquet {
+    inner: ParquetFormat,
+    hints: HashMap<ObjectPath, SchemaRef>,
+}
+
+#[async_trait::async_trait]
+impl FileFormat for HintedParquet {
+    fn get_ext(&self) -> String {
+        self.inner.get_ext()
+    }
+
+    fn get_ext_with_compression(&self, c: &FileCompressionType) -> datafusion::error::Result<String> {
+        self.inner.get_ext_with_compression(c)
+    }
+
+    fn compression_type(&self) -> Option<FileCompressionType> {
+        self.inner.compression_type()
+    }
+
+    async fn infer_schema(
+        &self,
+        state: &dyn Session,
+        store: &Arc<dyn ObjectStore>,
+        objects: &[ObjectMeta],
+    ) -> datafusion::error::Result<SchemaRef> {
+        self.inner.infer_schema(state, store, objects).await
+    }
+
+    async fn infer_stats(
+        &self,
+        state: &dyn Session,
+        store: &Arc<dyn ObjectStore>,
+        table_schema: SchemaRef,
+        object: &ObjectMeta,
+    ) -> datafusion::error::Result<Statistics> {
+        self.inner.infer_stats(state, store, table_schema, object).await
+    }
+
+    async fn infer_stats_and_ordering(
+        &self,
+        state: &dyn Session,
+        store: &Arc<dyn ObjectStore>,
+        table_schema: SchemaRef,
+        object: &ObjectMeta,
+    ) -> datafusion::error::Result<FileMeta> {
+        self.inner
+            .infer_stats_and_ordering(state, store, table_schema, object)
+            .await
+    }
+
+    async fn create_physical_plan(
+        &self,
+        state: &dyn Session,
+        mut conf: FileScanConfig,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        // A file listed since the hints were made is read as DataFusion reads it, and cast.
+        let hinted = |f: PartitionedFile| match self.hints.get(&f.object_meta.location) {
+            Some(schema) => f.with_arrow_schema(Arc::clone(schema)),
+            None => f,
+        };
+        conf.file_groups = std::mem::take(&mut conf.file_groups)
+            .into_iter()
+            .map(|g| FileGroup::new(g.into_inner().into_iter().map(hinted).collect()))
+            .collect();
+        self.inner.create_physical_plan(state, conf).await
+    }
+
+    fn file_source(&self, table_schema: TableSchema) -> Arc<dyn FileSource> {
+        self.inner.file_source(table_schema)
     }
 }
 
@@ -337,6 +552,7 @@ pub async fn open(
         schema: Arc::new(Schema::new(fields)),
         options,
         url,
+        dictionaries: Arc::default(),
     })
 }
 

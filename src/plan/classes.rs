@@ -19,7 +19,7 @@ use crate::ast::BinOp;
 use crate::model::{Model, RowExpr, RowKind, SourceId};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt64Array};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Date32Type, Float64Type, Int64Type, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Date32Type, Float64Type, Int32Type, Int64Type, TimeUnit};
 use datafusion::common::{DFSchema, Result, exec_err};
 use datafusion::functions::expr_fn as func;
 use datafusion::logical_expr::{
@@ -43,21 +43,98 @@ enum Domain {
     Str,
 }
 
-/// A column's literals, sorted and without duplicates.
+/// A column's literals, sorted and without duplicates, and its classes.
+///
+/// With `n` literals t₀ < … < tₙ₋₁, a value's *raw* class is 0 for null, `2i + 1` between
+/// tᵢ₋₁ and tᵢ (below t₀ for `i` = 0, above tₙ₋₁ for `i` = n), `2i + 2` for tᵢ itself.
+/// Filters need fewer: `x > t` tells apart only the values up to t from those above, so
+/// the value t can share the class below it. `compact[raw]` numbers the classes the
+/// filters tell apart (see [`compact`]): fewer classes, fewer groups of rows.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Literals {
     /// Integers, days, timestamps, or the total-order keys of floats, with their index.
     Keys(KeyIndex),
-    Strings(Vec<String>),
+    Strings {
+        strings: Vec<String>,
+        compact: Vec<u32>,
+    },
 }
 
 impl Literals {
-    fn len(&self) -> usize {
+    fn compact(&self) -> &[u32] {
         match self {
-            Literals::Keys(k) => k.keys.len(),
-            Literals::Strings(s) => s.len(),
+            Literals::Keys(k) => &k.compact,
+            Literals::Strings { compact, .. } => compact,
         }
     }
+}
+
+/// Which sides of a literal a filter tells apart from the literal itself.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sides {
+    /// The values below it (`x < t`, `x >= t`, `=`, `between t and …`).
+    below: bool,
+    /// The values above it (`x > t`, `x <= t`, `=`, `between … and t`).
+    above: bool,
+}
+
+const BOTH: Sides = Sides {
+    below: true,
+    above: true,
+};
+
+impl Sides {
+    fn of(op: BinOp) -> Sides {
+        match op {
+            BinOp::Lt | BinOp::Ge => Sides {
+                below: true,
+                above: false,
+            },
+            BinOp::Gt | BinOp::Le => Sides {
+                below: false,
+                above: true,
+            },
+            _ => BOTH,
+        }
+    }
+}
+
+/// The classes of raw classes 0 ..= 2n + 1 of literals that are told apart from their
+/// sides as `sides` say: a new class starts at every side told apart (and null is a class
+/// of its own).
+fn compact(sides: &[Sides]) -> Vec<u32> {
+    let mut class = 0;
+    let mut out = vec![0];
+    for raw in 1..=2 * sides.len() + 1 {
+        let starts = match raw {
+            1 => true,
+            r if r % 2 == 0 => sides[(r - 2) / 2].below,
+            r => sides[(r - 3) / 2].above,
+        };
+        class += starts as u32;
+        out.push(class);
+    }
+    out
+}
+
+/// Literals (sorted by `key`) met with the same key as one, told apart on the sides any of
+/// them is.
+fn merged<K: Ord>(mut lits: Vec<(K, Sides)>) -> (Vec<K>, Vec<Sides>) {
+    lits.sort_by(|a, b| a.0.cmp(&b.0));
+    let (mut keys, mut sides): (Vec<K>, Vec<Sides>) = (Vec::new(), Vec::new());
+    for (k, s) in lits {
+        match (keys.last(), sides.last_mut()) {
+            (Some(last), Some(t)) if *last == k => {
+                t.below |= s.below;
+                t.above |= s.above;
+            }
+            _ => {
+                keys.push(k);
+                sides.push(s);
+            }
+        }
+    }
+    (keys, sides)
 }
 
 /// One filter column: where its classes are in the packed number, and how they are found.
@@ -141,11 +218,14 @@ fn comparison(e: &RowExpr) -> Option<(BinOp, (SourceId, &str), &RowExpr)> {
     }
 }
 
+/// The literals a column meets, each with the sides a filter tells apart from it.
+type Met<'a> = Vec<(Lit<'a>, Sides)>;
+
 /// Collects the columns and the literals they meet in `e`; false when `e` is anything but
 /// `and`, `or`, `not` over comparisons of a column with literals (`=`, `<`, ..., `in`,
 /// `between`, `is null`, or a boolean column alone).
-fn atoms<'a>(e: &'a RowExpr, out: &mut Vec<((SourceId, &'a str), Vec<Lit<'a>>)>) -> bool {
-    let mut add = |c: (SourceId, &'a str), lits: Vec<Lit<'a>>| match out.iter_mut().find(|(k, _)| *k == c) {
+fn atoms<'a>(e: &'a RowExpr, out: &mut Vec<((SourceId, &'a str), Met<'a>)>) -> bool {
+    let mut add = |c: (SourceId, &'a str), lits: Met<'a>| match out.iter_mut().find(|(k, _)| *k == c) {
         Some((_, l)) => l.extend(lits),
         None => out.push((c, lits)),
     };
@@ -153,14 +233,14 @@ fn atoms<'a>(e: &'a RowExpr, out: &mut Vec<((SourceId, &'a str), Vec<Lit<'a>>)>)
         RowKind::Binary(BinOp::And | BinOp::Or, a, b) => atoms(a, out) && atoms(b, out),
         RowKind::Not(a) => atoms(a, out),
         RowKind::Binary(..) => match comparison(e) {
-            Some((_, c, l)) => {
-                add(c, vec![Lit::of(l).expect("a literal")]);
+            Some((op, c, l)) => {
+                add(c, vec![(Lit::of(l).expect("a literal"), Sides::of(op))]);
                 true
             }
             None => false,
         },
         RowKind::Column { source, name } => {
-            add((*source, name), vec![Lit::Bool(true)]);
+            add((*source, name), vec![(Lit::Bool(true), BOTH)]);
             true
         }
         RowKind::IsNull { expr, .. } => match column_of(expr) {
@@ -170,16 +250,20 @@ fn atoms<'a>(e: &'a RowExpr, out: &mut Vec<((SourceId, &'a str), Vec<Lit<'a>>)>)
             }
             None => false,
         },
-        RowKind::InList { expr, list, .. } => match (column_of(expr), list.iter().map(Lit::of).collect()) {
-            (Some(c), Some(lits)) => {
-                add(c, lits);
-                true
+        RowKind::InList { expr, list, .. } => {
+            let lits = list.iter().map(|l| Some((Lit::of(l)?, BOTH)));
+            match (column_of(expr), lits.collect::<Option<Met>>()) {
+                (Some(c), Some(lits)) => {
+                    add(c, lits);
+                    true
+                }
+                _ => false,
             }
-            _ => false,
-        },
+        }
         RowKind::Between { expr, low, high, .. } => match (column_of(expr), Lit::of(low), Lit::of(high)) {
             (Some(c), Some(l), Some(h)) => {
-                add(c, vec![l, h]);
+                let (below, above) = (Sides::of(BinOp::Ge), Sides::of(BinOp::Le));
+                add(c, vec![(l, below), (h, above)]);
                 true
             }
             _ => false,
@@ -220,6 +304,8 @@ fn domain(ty: &DataType, lits: &[Lit]) -> Option<Domain> {
         D::Date32 if all(|l| matches!(l, Lit::Date(_))) => Some(Domain::Days),
         D::Timestamp(unit, None) if all(|l| matches!(l, Lit::Date(_))) => Some(Domain::Time(*unit)),
         D::Utf8 | D::LargeUtf8 | D::Utf8View if all(|l| matches!(l, Lit::String(_))) => Some(Domain::Str),
+        // Dictionaries compare as their values do.
+        D::Dictionary(_, values) if matches!(**values, D::Utf8 | D::LargeUtf8 | D::Utf8View) => domain(values, lits),
         _ => None,
     }
 }
@@ -245,9 +331,9 @@ fn key(domain: &Domain, l: &Lit) -> Option<i64> {
     }
 }
 
-/// Bits that hold the classes 0 ..= 2n + 1 of a column with `n` literals.
-fn bits_for(n: usize) -> u32 {
-    u64::BITS - ((2 * n + 1) as u64).leading_zeros()
+/// Bits that hold classes 0 ..= `last`.
+fn bits_for(last: u32) -> u32 {
+    u32::BITS - last.leading_zeros()
 }
 
 impl Classes {
@@ -266,28 +352,26 @@ impl Classes {
         for ((source, name), lits) in found {
             let expr = super::column(model, source, name);
             let ty = expr.get_type(schema).ok()?;
-            let domain = domain(&ty, &lits)?;
+            let domain = domain(&ty, &lits.iter().map(|(l, _)| *l).collect::<Vec<_>>())?;
             let literals = match domain {
                 Domain::Str => {
-                    let mut s: Vec<String> = lits
-                        .iter()
-                        .map(|l| match l {
-                            Lit::String(s) => s.to_string(),
-                            _ => unreachable!("a string domain has string literals"),
-                        })
-                        .collect();
-                    s.sort();
-                    s.dedup();
-                    Literals::Strings(s)
+                    let strings = lits.iter().map(|(l, sides)| match l {
+                        Lit::String(s) => (s.to_string(), *sides),
+                        _ => unreachable!("a string domain has string literals"),
+                    });
+                    let (strings, sides) = merged(strings.collect());
+                    Literals::Strings {
+                        strings,
+                        compact: compact(&sides),
+                    }
                 }
                 _ => {
-                    let mut k = lits.iter().map(|l| key(&domain, l)).collect::<Option<Vec<i64>>>()?;
-                    k.sort_unstable();
-                    k.dedup();
-                    Literals::Keys(KeyIndex::new(&k))
+                    let keys = lits.iter().map(|(l, sides)| Some((key(&domain, l)?, *sides)));
+                    let (keys, sides) = merged(keys.collect::<Option<Vec<_>>>()?);
+                    Literals::Keys(KeyIndex::new(&keys, compact(&sides)))
                 }
             };
-            let bits = bits_for(literals.len());
+            let bits = bits_for(*literals.compact().last().expect("the null class and one more"));
             columns.push(ClassColumn {
                 source,
                 name: name.to_string(),
@@ -313,6 +397,14 @@ impl Classes {
             .chain(self.columns.iter().map(|c| super::column(model, c.source, &c.name)))
             .collect();
         ScalarUDF::from(Packer::new(self.clone(), with_period)).call(args)
+    }
+
+    /// The string columns of `source` among the filter columns.
+    pub fn string_columns(&self, source: SourceId) -> impl Iterator<Item = &str> {
+        self.columns
+            .iter()
+            .filter(move |c| c.source == source && c.domain == Domain::Str)
+            .map(|c| c.name.as_str())
     }
 
     /// The bits the classes take.
@@ -392,24 +484,25 @@ impl Classes {
         func::nullif(binary_expr(shifted, Operator::BitwiseAnd, lit(mask)), lit(0u64))
     }
 
-    /// The class of the values equal to literal `l`.
+    /// The class of the values equal to literal `l`: comparisons of the class with it are
+    /// comparisons of the values with `l`, for the sides of `l` the filters tell apart.
     fn equal_class(&self, c: (SourceId, &str), l: &RowExpr) -> u64 {
         let col = self.column(c);
         let i = match (&col.literals, Lit::of(l).expect("a literal")) {
-            (Literals::Strings(s), Lit::String(x)) => s.binary_search_by(|t| t.as_str().cmp(x)),
+            (Literals::Strings { strings, .. }, Lit::String(x)) => strings.binary_search_by(|t| t.as_str().cmp(x)),
             (Literals::Keys(k), l) => k
                 .keys
                 .binary_search(&key(&col.domain, &l).expect("a literal of the domain")),
             _ => unreachable!("literals of the column's domain"),
         };
-        2 * i.expect("a literal of the column") as u64 + 2
+        col.literals.compact()[2 * i.expect("a literal of the column") + 2] as u64
     }
 
     fn class_of_true(&self, c: (SourceId, &str)) -> u64 {
         let Literals::Keys(k) = &self.column(c).literals else {
             unreachable!("a boolean column")
         };
-        2 * k.keys.binary_search(&1).expect("true among the literals") as u64 + 2
+        k.compact[2 * k.keys.binary_search(&1).expect("true among the literals") + 2] as u64
     }
 }
 
@@ -453,71 +546,98 @@ struct KeyIndex {
     /// The least key; slice `b` holds the values from `lo + (b << shift)` on.
     lo: i64,
     shift: u32,
-    /// `starts[b]`: the number of keys below slice `b` (SLICES + 1 of them), or nothing when
-    /// the keys are few enough to search directly.
+    /// `starts[b]`: the number of keys below slice `b` (SLICES + 1 of them).
     starts: Vec<u32>,
+    /// The class of every value below the keys, of each slice (`direct[b + 1]` for slice
+    /// `b`, 0 when a key is in it) and above the slices: one load for most values, and no
+    /// branch between below, within and above (values are in no order).
+    direct: Vec<u32>,
+    /// The class of each raw class (see [`Literals`]).
+    compact: Vec<u32>,
 }
 
 impl KeyIndex {
     const SLICES: usize = 1024;
-    /// Fewer keys than this are searched directly.
-    const FEW: usize = 8;
 
-    fn new(keys: &[i64]) -> KeyIndex {
+    fn new(keys: &[i64], compact: Vec<u32>) -> KeyIndex {
         let (lo, hi) = (keys.first().copied().unwrap_or(0), keys.last().copied().unwrap_or(0));
         let span = hi.wrapping_sub(lo) as u64;
         let shift = (0..64).find(|s| span >> s < Self::SLICES as u64).unwrap_or(63);
-        let starts = match keys.len() < Self::FEW {
-            true => Vec::new(),
-            false => (0..=Self::SLICES)
-                .map(|b| {
-                    let start = lo as i128 + ((b as i128) << shift);
-                    keys.partition_point(|&k| (k as i128) < start) as u32
-                })
-                .collect(),
-        };
+        let starts: Vec<u32> = (0..=Self::SLICES)
+            .map(|b| {
+                let start = lo as i128 + ((b as i128) << shift);
+                keys.partition_point(|&k| (k as i128) < start) as u32
+            })
+            .collect();
+        let within = starts.windows(2).map(|w| match w[0] == w[1] {
+            true => compact[2 * w[0] as usize + 1],
+            false => 0,
+        });
+        let above = compact[2 * keys.len() + 1];
+        let direct = std::iter::once(compact[1]).chain(within).chain([above]).collect();
         KeyIndex {
             keys: keys.to_vec(),
             lo,
             shift,
             starts,
+            direct,
+            compact,
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn class(&self, v: i64) -> u64 {
-        let keys = &self.keys;
-        if self.starts.is_empty() {
-            return class_at(keys, below(keys, v), v);
+        // Exact for v ≥ lo: the difference of two i64 fits in a u64.
+        let slice = (v.wrapping_sub(self.lo) as u64 >> self.shift).min(Self::SLICES as u64) as usize;
+        let d = std::hint::select_unpredictable(v < self.lo, 0, slice + 1);
+        match self.direct[d] {
+            0 => self.search(slice, v),
+            class => class as u64,
         }
-        if v < self.lo {
-            return 1;
-        }
-        let b = (v.wrapping_sub(self.lo) as u64 >> self.shift) as usize;
-        if b >= Self::SLICES {
-            // Above the last slice, so above every key.
-            return 2 * keys.len() as u64 + 1;
-        }
+    }
+
+    /// The class of `v` in slice `b`, among the keys of that slice.
+    #[inline(never)]
+    fn search(&self, b: usize, v: i64) -> u64 {
         let (a, z) = (self.starts[b] as usize, self.starts[b + 1] as usize);
-        let i = a + below(&keys[a..z], v);
-        class_at(keys, i, v)
+        self.compact[class_at(&self.keys, a + below(&self.keys[a..z], v), v) as usize] as u64
     }
 }
 
 /// The classes of keys without nulls, by blocks: where a block's least and greatest keys
-/// are in one class, every key between them is (time columns, sorted, are such blocks);
-/// otherwise key by key.
+/// are in one class, every key between them is (blocks of time columns mostly are: rows come
+/// in about time order); otherwise key by key. After a block that is not, the next few are
+/// taken key by key without looking (twice as many after each such block in a row): keys
+/// in no order pay little for the look.
 fn add_key_classes(index: &KeyIndex, x: &[i64], shift: u32, packed: &mut [u64]) {
     const BLOCK: usize = 256;
+    let (mut skip, mut unlook) = (0, 1);
     for (xs, ps) in x.chunks(BLOCK).zip(packed.chunks_mut(BLOCK)) {
-        let (lo, hi) = xs
-            .iter()
-            .fold((i64::MAX, i64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        let class = index.class(lo);
-        if class == index.class(hi) {
-            ps.iter_mut().for_each(|p| *p |= class << shift);
-        } else {
-            ps.iter_mut().zip(xs).for_each(|(p, &v)| *p |= index.class(v) << shift);
+        let one = match skip {
+            0 => {
+                let (lo, hi) = xs.iter().fold((i64::MAX, i64::MIN), |(lo, hi), &v| {
+                    use std::hint::select_unpredictable as pick;
+                    (pick(v < lo, v, lo), pick(v > hi, v, hi))
+                });
+                Some(index.class(lo)).filter(|&c| c == index.class(hi))
+            }
+            _ => {
+                skip -= 1;
+                None
+            }
+        };
+        match one {
+            Some(class) => {
+                ps.iter_mut().for_each(|p| *p |= class << shift);
+                unlook = 1;
+            }
+            None => {
+                ps.iter_mut().zip(xs).for_each(|(p, &v)| *p |= index.class(v) << shift);
+                if skip == 0 {
+                    skip = unlook;
+                    unlook = (unlook * 2).min(64);
+                }
+            }
         }
     }
 }
@@ -577,19 +697,53 @@ impl ScalarUDFImpl for Packer {
             }
         }
         for (col, arg) in self.classes.columns.iter().zip(args) {
-            add_classes(col, &arg.to_array(n)?, &mut packed)?;
+            add_classes(col, col.shift, &arg.to_array(n)?, &mut packed)?;
         }
         Ok(ColumnarValue::Array(Arc::new(UInt64Array::from(packed))))
     }
 }
 
-/// Adds the classes of a column's values into `packed`, at the column's place.
-fn add_classes(col: &ClassColumn, array: &ArrayRef, packed: &mut [u64]) -> Result<()> {
-    let shift = col.shift;
+/// Adds the classes of a column's values into `packed`, shifted to the column's place.
+fn add_classes(col: &ClassColumn, shift: u32, array: &ArrayRef, packed: &mut [u64]) -> Result<()> {
+    if let Some(dictionary) = array.as_any_dictionary_opt() {
+        // The classes of the distinct values, then a row's is its value's.
+        let mut of_value = vec![0u64; dictionary.values().len()];
+        add_classes(col, 0, dictionary.values(), &mut of_value)?;
+        let class = |k: usize| of_value.get(k).copied().unwrap_or(0) << shift;
+        let nulls = array.logical_nulls().filter(|n| n.null_count() > 0);
+        match (nulls, array.as_dictionary_opt::<Int32Type>()) {
+            (None, Some(d)) => {
+                packed
+                    .iter_mut()
+                    .zip(d.keys().values())
+                    .for_each(|(p, &k)| *p |= class(k as usize));
+            }
+            (Some(nulls), Some(d)) => {
+                // 64 rows at a time, without a branch per row.
+                let words = nulls.inner().bit_chunks().iter_padded();
+                let rows = packed.chunks_mut(64).zip(d.keys().values().chunks(64)).zip(words);
+                for ((ps, ks), valid) in rows {
+                    for (j, (p, &k)) in ps.iter_mut().zip(ks).enumerate() {
+                        *p |= class(k as usize) & 0u64.wrapping_sub((valid >> j) & 1);
+                    }
+                }
+            }
+            (nulls, None) => {
+                let keys = dictionary.normalized_keys();
+                for (i, (p, k)) in packed.iter_mut().zip(keys).enumerate() {
+                    if nulls.as_ref().is_none_or(|n| n.is_valid(i)) {
+                        *p |= class(k);
+                    }
+                }
+            }
+        }
+        return Ok(());
+    }
     let nulls = array.logical_nulls();
     let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
     match (&col.domain, &col.literals) {
-        (Domain::Str, Literals::Strings(strings)) => {
+        (Domain::Str, Literals::Strings { strings, compact }) => {
+            let string_class = |strings: &[String], v: &str| compact[string_class(strings, v) as usize] as u64;
             if let Some(views) = array.as_string_view_opt() {
                 // Rows of a batch repeat a few views (a short string is its view; a long
                 // one points into the batch's buffers): each distinct view is looked up once.
@@ -688,9 +842,55 @@ mod tests {
                 assert_eq!(key_class(&keys, v), want, "{v} among {keys:?}");
             }
         }
-        assert_eq!(bits_for(0), 1);
-        assert_eq!(bits_for(3), 3, "classes 0..=7");
-        assert_eq!(bits_for(4), 4, "classes 0..=9");
+        assert_eq!(bits_for(1), 1);
+        assert_eq!(bits_for(7), 3, "classes 0..=7");
+        assert_eq!(bits_for(9), 4, "classes 0..=9");
+    }
+
+    /// Every raw class its own: no merging.
+    fn every_class(n: usize) -> Vec<u32> {
+        compact(&vec![BOTH; n])
+    }
+
+    /// For literals compared in every way on one side only, or both: the compact classes
+    /// compare with a literal's as the values compare with the literal.
+    #[test]
+    fn compact_classes_answer_the_comparisons_they_were_made_for() {
+        assert_eq!(every_class(2), vec![0, 1, 2, 3, 4, 5]);
+        let above = Sides::of(BinOp::Gt);
+        let below = Sides::of(BinOp::Lt);
+        // `x > 10`, `x < 20`, `x = 30`: 10 goes with the values below it, 20 with those above.
+        assert_eq!(compact(&[above, below, BOTH]), vec![0, 1, 1, 2, 3, 3, 4, 5]);
+        let keys = [10, 20, 30];
+        let ops = [BinOp::Eq, BinOp::Ne, BinOp::Lt, BinOp::Le, BinOp::Gt, BinOp::Ge];
+        for a in ops {
+            for b in ops {
+                let (sa, sb) = (Sides::of(a), Sides::of(b));
+                let merge = |x: Sides, y: Sides| Sides {
+                    below: x.below || y.below,
+                    above: x.above || y.above,
+                };
+                // 10 met by `a`, 20 by `b`, 30 by both.
+                let sides = [sa, sb, merge(sa, sb)];
+                let c = compact(&sides);
+                for v in 0..40 {
+                    let class = c[key_class(&keys, v) as usize];
+                    for (j, op) in [(0, a), (1, b), (2, a), (2, b)] {
+                        let t = keys[j];
+                        let k = c[2 * j + 2];
+                        let (want, got) = match op {
+                            BinOp::Eq => (v == t, class == k),
+                            BinOp::Ne => (v != t, class != k),
+                            BinOp::Lt => (v < t, class < k),
+                            BinOp::Le => (v <= t, class <= k),
+                            BinOp::Gt => (v > t, class > k),
+                            _ => (v >= t, class >= k),
+                        };
+                        assert_eq!(got, want, "{v} {op:?} {t} with {sides:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -701,7 +901,7 @@ mod tests {
         x.extend((0..600).map(|i: i64| (i * 7919) % 1500 - 100));
         x.extend(std::iter::repeat_n(100, 200).chain([101]));
         let mut packed = vec![1u64; x.len()];
-        add_key_classes(&KeyIndex::new(&keys), &x, 2, &mut packed);
+        add_key_classes(&KeyIndex::new(&keys, every_class(3)), &x, 2, &mut packed);
         for (p, v) in packed.iter().zip(&x) {
             assert_eq!(*p, 1 | key_class(&keys, *v) << 2, "{v}");
         }
@@ -717,7 +917,7 @@ mod tests {
             vec![7; 1].into_iter().chain(8..20).collect(),
         ];
         for keys in sets {
-            let index = KeyIndex::new(&keys);
+            let index = KeyIndex::new(&keys, every_class(keys.len()));
             let mut values: Vec<i64> = keys
                 .iter()
                 .flat_map(|&k| [k.saturating_sub(1), k, k.saturating_add(1)])
@@ -747,6 +947,45 @@ mod tests {
         by_key.sort_by_key(|x| float_key(*x));
         assert_eq!(xs.map(f64::to_bits), by_key.map(f64::to_bits));
         assert_eq!(float_key(-0.0), float_key(0.0), "-0.0 = 0.0, as DataFusion compares");
+    }
+
+    /// A dictionary's rows get the classes of their values, nulls (of keys or of values)
+    /// the null class, as the same strings read plainly do.
+    #[test]
+    fn dictionaries_get_the_classes_of_their_values() {
+        use datafusion::arrow::array::{DictionaryArray, Int32Array, StringArray};
+        let col = ClassColumn {
+            source: 0,
+            name: "s".into(),
+            domain: Domain::Str,
+            literals: Literals::Strings {
+                strings: vec!["b".into(), "d".into()],
+                compact: every_class(2),
+            },
+            shift: 3,
+            bits: 3,
+        };
+        let values = StringArray::from(vec![Some("d"), Some("a"), None, Some("b")]);
+        // 150 rows: nulls are taken 64 rows at a time.
+        let rows = |x: Vec<Option<i32>>| x.into_iter().cycle().take(150).collect::<Vec<_>>();
+        let keys = Int32Array::from(rows(vec![Some(0), Some(3), None, Some(2), Some(1), Some(0)]));
+        let dictionary: ArrayRef = Arc::new(DictionaryArray::try_new(keys, Arc::new(values)).unwrap());
+        let strings = [Some("d"), Some("b"), None, None, Some("a"), Some("d")];
+        let plain: ArrayRef = Arc::new(StringArray::from(
+            strings.iter().cycle().take(150).copied().collect::<Vec<_>>(),
+        ));
+        let (mut a, mut b) = (vec![1u64; 150], vec![1u64; 150]);
+        add_classes(&col, 3, &dictionary, &mut a).unwrap();
+        add_classes(&col, 3, &plain, &mut b).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a[144..], [1 | 4 << 3, 1 | 2 << 3, 1, 1, 1 | 1 << 3, 1 | 4 << 3]);
+        // Without nulls, the rows' keys are looked up directly.
+        let keys = Int32Array::from(vec![0, 1, 0]);
+        let values = StringArray::from(vec!["c", "e"]);
+        let dictionary: ArrayRef = Arc::new(DictionaryArray::try_new(keys, Arc::new(values)).unwrap());
+        let mut c = vec![0u64; 3];
+        add_classes(&col, 0, &dictionary, &mut c).unwrap();
+        assert_eq!(c, [3, 5, 3]);
     }
 
     #[test]

@@ -580,20 +580,31 @@ fn scan_plan(
 
     let plain = matches!(spec.shape, Shape::Plain) && spec.conversion.is_none();
     if plain && !simple && aggregates_before_joins(model, source, &edges, measures, filter.as_ref()) {
-        let plan = aggregate_then_join(model, source, &edges, condition, period, &dims, measures)?;
+        let reads = Reads {
+            measures,
+            dims: &dims,
+            filter: filter.as_ref(),
+            edges: &edges,
+        };
+        let plan = aggregate_then_join(model, source, &reads, condition, period)?;
         return Ok((plan, edges));
     }
 
-    let mut builder = scan(model, source)?;
-    for &(from, j) in &edges {
-        builder = join(model, builder, from, j)?;
-    }
-    if let Some(c) = condition {
-        builder = builder.filter(c).map_err(internal)?;
-    }
-    if let (Some(c), Some(t)) = (spec.conversion, time) {
-        builder = converting(model, calendar, builder, source, &time_of(t), c, spec.to)?;
-    }
+    // The scan, its joins and its conditions, with some string columns read as dictionaries.
+    let rows = |dictionary: &[String]| {
+        let mut builder = scan_reading(model, source, dictionary)?;
+        for &(from, j) in &edges {
+            builder = join(model, builder, from, j)?;
+        }
+        if let Some(c) = &condition {
+            builder = builder.filter(c.clone()).map_err(internal)?;
+        }
+        if let (Some(c), Some(t)) = (spec.conversion, time) {
+            builder = converting(model, calendar, builder, source, &time_of(t), c, spec.to)?;
+        }
+        Ok(builder)
+    };
+    let mut builder = rows(&[])?;
     let dim_exprs: Vec<Expr> = dims
         .iter()
         .enumerate()
@@ -620,6 +631,18 @@ fn scan_plan(
                 true => Regroup::None,
                 false => regroup(model, measures, builder.schema()),
             };
+            if let Regroup::Classes(classes) = &regroup {
+                let others = Reads {
+                    measures,
+                    dims: &dims,
+                    filter: filter.as_ref(),
+                    edges: &edges,
+                };
+                let dictionary = dictionary_reads(model, source, classes, &others);
+                if !dictionary.is_empty() {
+                    builder = rows(&dictionary)?;
+                }
+            }
             let dense = match (&by_period, &regroup) {
                 (Some(key), Regroup::None) => dense_aggregate(builder.clone(), key.clone(), PERIOD, &aggs)?,
                 _ => None,
@@ -1004,16 +1027,21 @@ fn aggregates_before_joins(
 fn aggregate_then_join(
     model: &Model,
     source: SourceId,
-    edges: &[(SourceId, usize)],
+    reads: &Reads,
     condition: Option<Expr>,
     period: Option<Expr>,
-    dims: &[&RowExpr],
-    measures: &[MeasureId],
 ) -> Result<LogicalPlan> {
-    let mut builder = scan(model, source)?;
-    if let Some(c) = condition {
-        builder = builder.filter(c).map_err(internal)?;
-    }
+    let Reads {
+        measures, dims, edges, ..
+    } = *reads;
+    let rows = |dictionary: &[String]| {
+        let builder = scan_reading(model, source, dictionary)?;
+        match &condition {
+            Some(c) => builder.filter(c.clone()).map_err(internal),
+            None => Ok(builder),
+        }
+    };
+    let mut builder = rows(&[])?;
     // First aggregate: by period, join keys and the source's columns the breakdowns read.
     let mut first_group: Vec<Expr> = period.iter().cloned().collect();
     let mut keys: Vec<String> = Vec::new();
@@ -1045,6 +1073,12 @@ fn aggregate_then_join(
         Regroup::Classes(c) => c.filter(f, &packed),
         _ => row_expr(model, f),
     };
+    if let Regroup::Classes(c) = &regrouped {
+        let dictionary = dictionary_reads(model, source, c, reads);
+        if !dictionary.is_empty() {
+            builder = rows(&dictionary)?;
+        }
+    }
     let filter_in = match &regrouped {
         Regroup::Classes(c) => {
             first_group.push(c.packed(model, None).alias(CLASSES));
@@ -1254,8 +1288,13 @@ fn key_check_plan(model: &Model, source: SourceId, j: usize) -> Result<LogicalPl
 }
 
 fn scan(model: &Model, source: SourceId) -> Result<LogicalPlanBuilder> {
+    scan_reading(model, source, &[])
+}
+
+/// The scan of a source that reads the named columns as dictionaries.
+fn scan_reading(model: &Model, source: SourceId, dictionary: &[String]) -> Result<LogicalPlanBuilder> {
     let src = &model.sources[source];
-    let table = src.data.table().map_err(internal)?;
+    let table = src.data.table_reading(dictionary).map_err(internal)?;
     LogicalPlanBuilder::scan(TableReference::bare(src.name.as_str()), provider_as_source(table), None).map_err(internal)
 }
 
@@ -1491,6 +1530,55 @@ fn by_classes(
         }
     };
     pre_aggregated(model, builder, first, second, &filter, measures)
+}
+
+/// What a scan reads besides its measures' filters.
+#[derive(Clone, Copy)]
+struct Reads<'a> {
+    measures: &'a [MeasureId],
+    dims: &'a [&'a RowExpr],
+    filter: Option<&'a RowExpr>,
+    edges: &'a [(SourceId, usize)],
+}
+
+/// The string columns of `source` that only the filters read, when they are classes, among
+/// those its files store as dictionaries: read as dictionaries, their classes are found
+/// once per distinct value of a page instead of once per row, and no string is made per row.
+fn dictionary_reads(model: &Model, source: SourceId, classes: &Classes, reads: &Reads) -> Vec<String> {
+    let mut candidates = classes.string_columns(source).peekable();
+    if candidates.peek().is_none() {
+        return Vec::new();
+    }
+    let src = &model.sources[source];
+    let mut elsewhere: Vec<String> = src.time.iter().map(|t| t.name.clone()).collect();
+    let mut visit = |e: &RowExpr| {
+        e.walk(&mut |x| {
+            if let RowKind::Column { source: s, name } = &x.kind
+                && *s == source
+            {
+                elsewhere.push(name.clone());
+            }
+        })
+    };
+    for &m in reads.measures {
+        if let Some(a) = &model.measures[m].arg {
+            visit(a);
+        }
+    }
+    reads.dims.iter().for_each(|d| visit(d));
+    if let Some(f) = reads.filter {
+        visit(f);
+    }
+    for &(from, j) in reads.edges {
+        if from == source {
+            elsewhere.push(src.joins[j].column.clone());
+        }
+    }
+    let stored = src.data.dictionary_columns();
+    candidates
+        .filter(|c| stored.iter().any(|s| s == c) && !elsewhere.iter().any(|e| e == c))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Columns named as these expressions' outputs.

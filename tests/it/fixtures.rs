@@ -613,7 +613,17 @@ fn literal_filters_on_classes_give_the_numbers_of_filters_per_row() {
             let shown = format!("{}", plan.scans[0].plan.display_indent());
             assert!(shown.contains("tally_classes"), "{shown}");
             assert_eq!(shown.contains("Join"), joined, "{shown}");
+            // Parquet's dictionary-encoded string column `s`, read by the filters alone, is
+            // read as a dictionary (`k`, a join key, and CSV's columns as they are).
+            let typed = format!("{:?}", plan.scans[0].plan);
+            assert_eq!(typed.contains("Dictionary(Int32, Utf8)"), src == "p", "{typed}");
         }
+        let source = env.model.sources.iter().find(|x| x.name == src).unwrap();
+        let stored: &[String] = match src {
+            "p" => &["s".to_string(), "k".to_string()],
+            _ => &[],
+        };
+        assert_eq!(source.data.dictionary_columns(), stored);
 
         // Hand-computed totals of a few.
         let (dim, kind) = (format!("k_{src}"), format!("kind_{src}"));
