@@ -708,15 +708,18 @@ fn add_classes(col: &ClassColumn, shift: u32, array: &ArrayRef, packed: &mut [u6
     if let Some(dictionary) = array.as_any_dictionary_opt() {
         // The classes of the distinct values, then a row's is its value's.
         let mut of_value = vec![0u64; dictionary.values().len()];
-        add_classes(col, 0, dictionary.values(), &mut of_value)?;
-        let class = |k: usize| of_value.get(k).copied().unwrap_or(0) << shift;
+        add_classes(col, shift, dictionary.values(), &mut of_value)?;
+        // The key of a null row may be any number.
+        let class = |k: usize| of_value.get(k).copied().unwrap_or(0);
         let nulls = array.logical_nulls().filter(|n| n.null_count() > 0);
         match (nulls, array.as_dictionary_opt::<Int32Type>()) {
             (None, Some(d)) => {
+                // Every key is one of the dictionary's.
+                let keys = d.keys().values();
                 packed
                     .iter_mut()
-                    .zip(d.keys().values())
-                    .for_each(|(p, &k)| *p |= class(k as usize));
+                    .zip(keys)
+                    .for_each(|(p, &k)| *p |= of_value[k as usize]);
             }
             (Some(nulls), Some(d)) => {
                 // 64 rows at a time, without a branch per row.
