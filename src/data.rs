@@ -277,7 +277,14 @@ impl FileFormat for HintedParquet {
         };
         conf.file_groups = std::mem::take(&mut conf.file_groups)
             .into_iter()
-            .map(|g| FileGroup::new(g.into_inner().into_iter().map(hinted).collect()))
+            .map(|g| {
+                let statistics = g.file_statistics(None).cloned();
+                let group = FileGroup::new(g.into_inner().into_iter().map(hinted).collect());
+                match statistics {
+                    Some(s) => group.with_statistics(Arc::new(s)),
+                    None => group,
+                }
+            })
             .collect();
         self.inner.create_physical_plan(state, conf).await
     }
