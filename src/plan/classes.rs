@@ -609,9 +609,10 @@ impl KeyIndex {
 /// in about time order); otherwise key by key. After a block that is not, the next few are
 /// taken key by key without looking (twice as many after each such block in a row): keys
 /// in no order pay little for the look.
-fn add_key_classes(index: &KeyIndex, x: &[i64], shift: u32, packed: &mut [u64]) {
+/// Returns the number of blocks taken whole.
+fn add_key_classes(index: &KeyIndex, x: &[i64], shift: u32, packed: &mut [u64]) -> usize {
     const BLOCK: usize = 256;
-    let (mut skip, mut unlook) = (0, 1);
+    let (mut skip, mut unlook, mut whole) = (0, 1, 0);
     for (xs, ps) in x.chunks(BLOCK).zip(packed.chunks_mut(BLOCK)) {
         let one = match skip {
             0 => {
@@ -619,7 +620,12 @@ fn add_key_classes(index: &KeyIndex, x: &[i64], shift: u32, packed: &mut [u64]) 
                     use std::hint::select_unpredictable as pick;
                     (pick(v < lo, v, lo), pick(v > hi, v, hi))
                 });
-                Some(index.class(lo)).filter(|&c| c == index.class(hi))
+                let one = Some(index.class(lo)).filter(|&c| c == index.class(hi));
+                (skip, unlook) = match one {
+                    Some(_) => (0, 1),
+                    None => (unlook, (unlook * 2).min(64)),
+                };
+                one
             }
             _ => {
                 skip -= 1;
@@ -629,17 +635,12 @@ fn add_key_classes(index: &KeyIndex, x: &[i64], shift: u32, packed: &mut [u64]) 
         match one {
             Some(class) => {
                 ps.iter_mut().for_each(|p| *p |= class << shift);
-                unlook = 1;
+                whole += 1;
             }
-            None => {
-                ps.iter_mut().zip(xs).for_each(|(p, &v)| *p |= index.class(v) << shift);
-                if skip == 0 {
-                    skip = unlook;
-                    unlook = (unlook * 2).min(64);
-                }
-            }
+            None => ps.iter_mut().zip(xs).for_each(|(p, &v)| *p |= index.class(v) << shift),
         }
     }
+    whole
 }
 
 fn string_class(strings: &[String], v: &str) -> u64 {
@@ -780,7 +781,9 @@ fn add_classes(col: &ClassColumn, shift: u32, array: &ArrayRef, packed: &mut [u6
             };
             let x = keys.as_primitive::<Int64Type>().values();
             match nulls {
-                None => add_key_classes(index, x, shift, packed),
+                None => {
+                    add_key_classes(index, x, shift, packed);
+                }
                 Some(_) => {
                     for (i, p) in packed.iter_mut().enumerate() {
                         if valid(i) {
@@ -908,6 +911,18 @@ mod tests {
         for (p, v) in packed.iter().zip(&x) {
             assert_eq!(*p, 1 | key_class(&keys, *v) << 2, "{v}");
         }
+        // Sorted keys with a block across a literal: the blocks after it are looked at
+        // again (one is skipped), and taken whole.
+        let x: Vec<i64> = (0..40 * 256).collect();
+        let mut packed = vec![0u64; x.len()];
+        let index = KeyIndex::new(&[1000], every_class(1));
+        assert_eq!(add_key_classes(&index, &x, 0, &mut packed), 38);
+        assert!(packed.iter().zip(&x).all(|(p, &v)| *p == key_class(&[1000], v)));
+        // Keys in no order are looked at less and less: 1 + 2 + 4 + ... blocks skipped.
+        let x: Vec<i64> = (0..64 * 256).map(|i| (i * 7919) % 2000).collect();
+        let mut packed = vec![0u64; x.len()];
+        assert_eq!(add_key_classes(&index, &x, 0, &mut packed), 0);
+        assert!(packed.iter().zip(&x).all(|(p, &v)| *p == key_class(&[1000], v)));
     }
 
     #[test]
