@@ -28,7 +28,7 @@ pub const AGGREGATES: &[&str] = &[
 ];
 /// Functions of metrics over time and breakdowns.
 pub const TIME_FUNCTIONS: &[&str] = &["rolling", "cumulative", "to_date", "share", "last", "first"];
-/// The variables of an alert's message template (and the names of its `by` dimensions).
+
 /// A period named in a definition (`per: week`, `grain: month`).
 pub fn grain_of(p: &crate::span::Spanned<String>) -> Result<Grain, Diagnostic> {
     Grain::parse(&p.value).ok_or_else(|| {
@@ -38,6 +38,7 @@ pub fn grain_of(p: &crate::span::Spanned<String>) -> Result<Grain, Diagnostic> {
     })
 }
 
+/// The variables of an alert's message template (and the names of its `by` dimensions).
 pub const ALERT_VARIABLES: &[&str] = &[
     "alert",
     "metric",
