@@ -83,28 +83,28 @@ impl SourceData {
     /// once per page and a small integer per row, instead of a string per row.
     pub fn table_reading(&self, dictionary: &[String]) -> datafusion::error::Result<Arc<ListingTable>> {
         let file_fields = &self.schema.fields()[..self.schema.fields().len() - self.options.table_partition_cols.len()];
-        let dictionaries = self.dictionaries();
-        let dictionary: Vec<&String> = dictionary.iter().filter(|c| dictionaries.columns.contains(c)).collect();
-        let as_dictionary = |schema: &Schema| {
-            let fields = schema.fields().iter().map(|f| match dictionary.contains(&f.name()) {
-                true => {
-                    let values = match f.data_type() {
-                        DataType::LargeUtf8 => DataType::LargeUtf8,
-                        _ => DataType::Utf8,
-                    };
-                    let t = DataType::Dictionary(Box::new(DataType::Int32), Box::new(values));
-                    Arc::new(f.as_ref().clone().with_data_type(t))
-                }
-                false => Arc::clone(f),
-            });
-            Arc::new(Schema::new(fields.collect::<Vec<_>>()))
-        };
         let mut options = self.options.clone();
         let mut file_schema = Arc::new(Schema::new(file_fields.to_vec()));
-        if !dictionary.is_empty() {
+        // (The footers are read only when some column is asked for.)
+        let wanted: Vec<&String> = dictionary
+            .iter()
+            .filter(|c| self.dictionary_columns().contains(c))
+            .collect();
+        if !wanted.is_empty() {
+            let as_dictionary = |schema: &Schema| {
+                let fields = schema.fields().iter().map(|f| match wanted.contains(&f.name()) {
+                    true => {
+                        let t = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+                        Arc::new(f.as_ref().clone().with_data_type(t))
+                    }
+                    false => Arc::clone(f),
+                });
+                Arc::new(Schema::new(fields.collect::<Vec<_>>()))
+            };
             // The table's type for those columns is the type each file is read with, so
             // nothing is cast between the two.
-            let hints = dictionaries
+            let hints = self
+                .dictionaries()
                 .files
                 .iter()
                 .map(|(f, schema)| (f.clone(), as_dictionary(schema)));
@@ -168,7 +168,7 @@ impl Dictionaries {
         if files.is_empty() || files.len() > Self::MAX_FILES {
             return None;
         }
-        let mut columns: Option<Vec<(String, DataType)>> = None;
+        let mut columns: Option<Vec<String>> = None;
         let mut out = Vec::new();
         for f in files {
             let metadata = ParquetMetaDataReader::new()
@@ -193,11 +193,11 @@ impl Dictionaries {
                         })
                 })
             };
-            let here: Vec<(String, DataType)> = schema
+            let here: Vec<String> = schema
                 .fields()
                 .iter()
-                .filter(|f| matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8) && dictionary_only(f.name()))
-                .map(|f| (f.name().clone(), f.data_type().clone()))
+                .filter(|f| f.data_type() == &DataType::Utf8 && dictionary_only(f.name()))
+                .map(|f| f.name().clone())
                 .collect();
             columns = Some(match columns {
                 None => here,
@@ -206,7 +206,7 @@ impl Dictionaries {
             out.push((ObjectPath::from_filesystem_path(f).ok()?, schema));
         }
         Some(Dictionaries {
-            columns: columns?.into_iter().map(|(name, _)| name).collect(),
+            columns: columns?,
             files: out,
         })
     }
