@@ -579,13 +579,13 @@ fn scan_plan(
     let day = time.map(|t| period_expr(&time_of(t), Grain::Day, calendar));
 
     let plain = matches!(spec.shape, Shape::Plain) && spec.conversion.is_none();
+    let reads = Reads {
+        measures,
+        dims: &dims,
+        filter: filter.as_ref(),
+        edges: &edges,
+    };
     if plain && !simple && aggregates_before_joins(model, source, &edges, measures, filter.as_ref()) {
-        let reads = Reads {
-            measures,
-            dims: &dims,
-            filter: filter.as_ref(),
-            edges: &edges,
-        };
         let plan = aggregate_then_join(model, source, &reads, condition, period)?;
         return Ok((plan, edges));
     }
@@ -631,17 +631,9 @@ fn scan_plan(
                 true => Regroup::None,
                 false => regroup(model, measures, builder.schema()),
             };
-            if let Regroup::Classes(classes) = &regroup {
-                let others = Reads {
-                    measures,
-                    dims: &dims,
-                    filter: filter.as_ref(),
-                    edges: &edges,
-                };
-                let dictionary = dictionary_reads(model, source, classes, &others);
-                if !dictionary.is_empty() {
-                    builder = rows(&dictionary)?;
-                }
+            let dictionary = dictionary_reads(model, source, &regroup, &reads);
+            if !dictionary.is_empty() {
+                builder = rows(&dictionary)?;
             }
             let dense = match (&by_period, &regroup) {
                 (Some(key), Regroup::None) => dense_aggregate(builder.clone(), key.clone(), PERIOD, &aggs)?,
@@ -1073,11 +1065,9 @@ fn aggregate_then_join(
         Regroup::Classes(c) => c.filter(f, &packed),
         _ => row_expr(model, f),
     };
-    if let Regroup::Classes(c) = &regrouped {
-        let dictionary = dictionary_reads(model, source, c, reads);
-        if !dictionary.is_empty() {
-            builder = rows(&dictionary)?;
-        }
+    let dictionary = dictionary_reads(model, source, &regrouped, reads);
+    if !dictionary.is_empty() {
+        builder = rows(&dictionary)?;
     }
     let filter_in = match &regrouped {
         Regroup::Classes(c) => {
@@ -1544,7 +1534,10 @@ struct Reads<'a> {
 /// The string columns of `source` that only the filters read, when they are classes, among
 /// those its files store as dictionaries: read as dictionaries, their classes are found
 /// once per distinct value of a page instead of once per row, and no string is made per row.
-fn dictionary_reads(model: &Model, source: SourceId, classes: &Classes, reads: &Reads) -> Vec<String> {
+fn dictionary_reads(model: &Model, source: SourceId, regroup: &Regroup, reads: &Reads) -> Vec<String> {
+    let Regroup::Classes(classes) = regroup else {
+        return Vec::new();
+    };
     let mut candidates = classes.string_columns(source).peekable();
     if candidates.peek().is_none() {
         return Vec::new();
