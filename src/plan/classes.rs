@@ -698,18 +698,19 @@ impl ScalarUDFImpl for Packer {
             }
         }
         for (col, arg) in self.classes.columns.iter().zip(args) {
-            add_classes(col, col.shift, &arg.to_array(n)?, &mut packed)?;
+            add_classes(col, &arg.to_array(n)?, &mut packed)?;
         }
         Ok(ColumnarValue::Array(Arc::new(UInt64Array::from(packed))))
     }
 }
 
 /// Adds the classes of a column's values into `packed`, shifted to the column's place.
-fn add_classes(col: &ClassColumn, shift: u32, array: &ArrayRef, packed: &mut [u64]) -> Result<()> {
+fn add_classes(col: &ClassColumn, array: &ArrayRef, packed: &mut [u64]) -> Result<()> {
+    let shift = col.shift;
     if let Some(dictionary) = array.as_any_dictionary_opt() {
         // The classes of the distinct values, then a row's is its value's.
         let mut of_value = vec![0u64; dictionary.values().len()];
-        add_classes(col, shift, dictionary.values(), &mut of_value)?;
+        add_classes(col, dictionary.values(), &mut of_value)?;
         // The key of a null row may be any number.
         let class = |k: usize| of_value.get(k).copied().unwrap_or(0);
         let nulls = array.logical_nulls().filter(|n| n.null_count() > 0);
@@ -993,8 +994,8 @@ mod tests {
             strings.iter().cycle().take(150).copied().collect::<Vec<_>>(),
         ));
         let (mut a, mut b) = (vec![1u64; 150], vec![1u64; 150]);
-        add_classes(&col, 3, &dictionary, &mut a).unwrap();
-        add_classes(&col, 3, &plain, &mut b).unwrap();
+        add_classes(&col, &dictionary, &mut a).unwrap();
+        add_classes(&col, &plain, &mut b).unwrap();
         assert_eq!(a, b);
         assert_eq!(a[144..], [1 | 4 << 3, 1 | 2 << 3, 1, 1, 1 | 1 << 3, 1 | 4 << 3]);
         // Without nulls, the rows' keys are looked up directly.
@@ -1002,7 +1003,8 @@ mod tests {
         let values = StringArray::from(vec!["c", "e"]);
         let dictionary: ArrayRef = Arc::new(DictionaryArray::try_new(keys, Arc::new(values)).unwrap());
         let mut c = vec![0u64; 3];
-        add_classes(&col, 0, &dictionary, &mut c).unwrap();
+        let unshifted = ClassColumn { shift: 0, ..col };
+        add_classes(&unshifted, &dictionary, &mut c).unwrap();
         assert_eq!(c, [3, 5, 3]);
     }
 
