@@ -17,9 +17,9 @@
 use super::integral;
 use crate::ast::BinOp;
 use crate::model::{Model, RowExpr, RowKind, SourceId};
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt64Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, UInt64Array};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Date32Type, Float64Type, Int32Type, Int64Type, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Date32Type, Float64Type, Int32Type, Int64Type, TimeUnit, UInt64Type};
 use datafusion::common::{DFSchema, Result, exec_err};
 use datafusion::functions::expr_fn as func;
 use datafusion::logical_expr::{
@@ -152,7 +152,26 @@ struct ClassColumn {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Classes {
     columns: Vec<ClassColumn>,
+    /// The packed classes that every filter answers alike, numbered (see
+    /// [`Classes::canonical`]), when the classes take at most [`CANONICAL_BITS`] bits.
+    canonical: Option<Arc<Canonical>>,
 }
+
+/// Packed classes numbered by the filters' answers.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Canonical {
+    /// Per packed classes, the number of its answers.
+    number: Vec<u32>,
+    /// Per number, the first packed classes with those answers.
+    first: Vec<u32>,
+}
+
+/// Classes of more bits than this are not made canonical: a table of 2¹⁶ entries is
+/// 256 KiB, and its making evaluates every filter on every entry.
+const CANONICAL_BITS: u32 = 16;
+
+/// The packed classes' column in the batch that [`Classes::canonical`] evaluates filters on.
+const CANONICAL_COLUMN: &str = "classes";
 
 /// A literal met by a column, as written.
 #[derive(Clone, Copy)]
@@ -385,18 +404,103 @@ impl Classes {
                 return None;
             }
         }
-        Some(Classes { columns })
+        let mut classes = Classes {
+            columns,
+            canonical: None,
+        };
+        classes.canonical = classes.canonical(filters).map(Arc::new);
+        Some(classes)
+    }
+
+    /// Rows whose classes every filter answers alike are counted alike: the product of the
+    /// columns' classes has more combinations than the filters tell apart (`channel =
+    /// "phone" and amount > 100`: a phone call of 50 is no more a match than a visit of
+    /// 500). Each packed classes is mapped to the first packed classes with the same
+    /// answers, so the rows fall into as few groups as the filters need. `None` when the
+    /// classes take too many bits (or a filter cannot be evaluated here: the classes are
+    /// then used as they are).
+    fn canonical(&self, filters: &[&RowExpr]) -> Option<Canonical> {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        use datafusion::arrow::record_batch::RecordBatch;
+        use datafusion::logical_expr::execution_props::ExecutionProps;
+        use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+        use datafusion::physical_expr::create_physical_expr;
+
+        let bits = self.bits();
+        if bits > CANONICAL_BITS || filters.is_empty() {
+            return None;
+        }
+        let n = 1usize << bits;
+        let schema = Arc::new(Schema::new(vec![Field::new(CANONICAL_COLUMN, DataType::UInt64, false)]));
+        let every = UInt64Array::from_iter_values(0..n as u64);
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(every)]).ok()?;
+        let df_schema = DFSchema::try_from(schema.as_ref().clone()).ok()?;
+        let packed = Expr::Column(datafusion::common::Column::from_name(CANONICAL_COLUMN));
+        let (props, context) = (ExecutionProps::new(), PhysicalPlanningContext::default());
+        let words = filters.len().div_ceil(64);
+        let mut answers = vec![0u64; n * words];
+        for (j, f) in filters.iter().enumerate() {
+            let e = create_physical_expr(&self.filter(f, &packed), &df_schema, &props, &context).ok()?;
+            let values = e.evaluate(&batch).ok()?.into_array(n).ok()?;
+            let values = values.as_boolean_opt()?;
+            for t in 0..n {
+                // A filter keeps a row when it is true (not false, not null).
+                if values.is_valid(t) && values.value(t) {
+                    answers[t * words + j / 64] |= 1 << (j % 64);
+                }
+            }
+        }
+        let mut numbers: std::collections::HashMap<&[u64], u32> = std::collections::HashMap::new();
+        let mut first = Vec::new();
+        let number = answers
+            .chunks(words)
+            .enumerate()
+            .map(|(t, a)| {
+                *numbers.entry(a).or_insert_with(|| {
+                    first.push(t as u32);
+                    first.len() as u32 - 1
+                })
+            })
+            .collect();
+        Some(Canonical { number, first })
     }
 
     /// `tally_classes([period,] columns...)`: a row's classes, packed; with a period (a
     /// Date32, for classes of [`Classes::bits`] ≤ 32), its days in the upper 32 bits.
     pub fn packed(&self, model: &Model, period: Option<Expr>) -> Expr {
-        let with_period = period.is_some();
+        let packing = match period {
+            Some(_) => Packing::Period,
+            None => Packing::Classes,
+        };
+        self.pack(model, period, packing)
+    }
+
+    fn pack(&self, model: &Model, period: Option<Expr>, packing: Packing) -> Expr {
         let args = period
             .into_iter()
             .chain(self.columns.iter().map(|c| super::column(model, c.source, &c.name)))
             .collect();
-        ScalarUDF::from(Packer::new(self.clone(), with_period)).call(args)
+        ScalarUDF::from(Packer::new(self.clone(), packing)).call(args)
+    }
+
+    /// `tally_classes(period, columns...)` as an Int64 that numbers the groups a period's
+    /// rows fall into: the period's days times the number of canonical classes, plus the
+    /// row's, so that a period's groups are a few consecutive numbers (dense slots, no hash
+    /// table: see [`super::dense`]); null without a period. [`Classes::unkey`] gives back
+    /// what [`Classes::packed`] would have given. `None` without canonical classes.
+    pub fn keyed(&self, model: &Model, period: Expr) -> Option<Expr> {
+        self.canonical.as_ref()?;
+        Some(self.pack(model, Some(period), Packing::Keyed))
+    }
+
+    /// The packed period and classes of a key of [`Classes::keyed`].
+    pub fn unkey(&self, key: Expr) -> Expr {
+        let canonical = self.canonical.clone().expect("keyed classes are canonical");
+        let unkey = Unkey {
+            canonical,
+            signature: Signature::any(1, Volatility::Immutable),
+        };
+        ScalarUDF::from(unkey).call(vec![key])
     }
 
     /// The string columns of `source` among the filter columns.
@@ -649,20 +753,31 @@ fn string_class(strings: &[String], v: &str) -> u64 {
     2 * i as u64 + 1 + equal as u64
 }
 
+/// What the packing function returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Packing {
+    /// The classes (UInt64).
+    Classes,
+    /// The first argument, a period (Date32), above the classes (UInt64).
+    Period,
+    /// The period's days times the number of canonical classes, plus the row's (Int64; null
+    /// without a period): see [`Classes::keyed`].
+    Keyed,
+}
+
 /// The packing function itself.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Packer {
     classes: Classes,
-    /// Whether the first argument is a period to pack above the classes.
-    with_period: bool,
+    packing: Packing,
     signature: Signature,
 }
 
 impl Packer {
-    fn new(classes: Classes, with_period: bool) -> Packer {
+    fn new(classes: Classes, packing: Packing) -> Packer {
         Packer {
             classes,
-            with_period,
+            packing,
             signature: Signature::variadic_any(Volatility::Immutable),
         }
     }
@@ -678,29 +793,88 @@ impl ScalarUDFImpl for Packer {
     }
 
     fn return_type(&self, _: &[DataType]) -> Result<DataType> {
-        Ok(DataType::UInt64)
+        Ok(match self.packing {
+            Packing::Keyed => DataType::Int64,
+            _ => DataType::UInt64,
+        })
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let n = args.number_rows;
         let mut packed = vec![0u64; n];
         let mut args = args.args.iter();
-        if self.with_period {
-            let period = args.next().expect("a period").to_array(n)?;
-            let Some(days) = period.as_primitive_opt::<Date32Type>() else {
-                return exec_err!("tally_classes: a period of type Date32 was expected");
-            };
-            for (i, (p, &d)) in packed.iter_mut().zip(days.values().iter()).enumerate() {
-                // 0 stands for a row without a period (no time).
-                if days.is_valid(i) {
-                    *p = ((d as i64 + PERIOD_OFFSET) as u64) << 32;
-                }
-            }
-        }
+        let period = match self.packing {
+            Packing::Classes => None,
+            Packing::Period | Packing::Keyed => Some(args.next().expect("a period").to_array(n)?),
+        };
+        let days = match &period {
+            Some(p) => match p.as_primitive_opt::<Date32Type>() {
+                Some(days) => Some(days),
+                None => return exec_err!("tally_classes: a period of type Date32 was expected"),
+            },
+            None => None,
+        };
         for (col, arg) in self.classes.columns.iter().zip(args) {
             add_classes(col, &arg.to_array(n)?, &mut packed)?;
         }
+        let canonical = self.classes.canonical.as_deref();
+        match (self.packing, days, canonical) {
+            (Packing::Keyed, Some(days), Some(c)) => {
+                let count = c.first.len() as i64;
+                let keys = days.values().iter().zip(&packed);
+                let keys = keys.map(|(&d, &p)| d as i64 * count + c.number[p as usize] as i64);
+                let keys = Int64Array::new(keys.collect(), days.nulls().cloned());
+                return Ok(ColumnarValue::Array(Arc::new(keys)));
+            }
+            (Packing::Keyed, ..) => return exec_err!("tally_classes: keyed classes without canonical classes"),
+            (_, _, Some(c)) => packed
+                .iter_mut()
+                .for_each(|p| *p = c.first[c.number[*p as usize] as usize] as u64),
+            _ => {}
+        }
+        if let Some(days) = days {
+            for (i, (p, &d)) in packed.iter_mut().zip(days.values().iter()).enumerate() {
+                // 0 stands for a row without a period (no time).
+                if days.is_valid(i) {
+                    *p |= ((d as i64 + PERIOD_OFFSET) as u64) << 32;
+                }
+            }
+        }
         Ok(ColumnarValue::Array(Arc::new(UInt64Array::from(packed))))
+    }
+}
+
+/// `tally_unkey(key)`: the packed period and classes of a key of [`Classes::keyed`].
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Unkey {
+    canonical: Arc<Canonical>,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Unkey {
+    fn name(&self) -> &str {
+        "tally_unkey"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::UInt64)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let keys = args.args[0].to_array(args.number_rows)?;
+        let Some(keys) = keys.as_primitive_opt::<Int64Type>() else {
+            return exec_err!("tally_unkey: a key of type Int64 was expected");
+        };
+        let count = self.canonical.first.len() as i64;
+        let packed = keys.unary::<_, UInt64Type>(|k| {
+            let (days, number) = (k.div_euclid(count), k.rem_euclid(count));
+            ((days + PERIOD_OFFSET) as u64) << 32 | self.canonical.first[number as usize] as u64
+        });
+        Ok(ColumnarValue::Array(Arc::new(packed)))
     }
 }
 

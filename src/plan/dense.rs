@@ -8,6 +8,10 @@
 //! their sums as a list of structs, which the plan unnests into the rows a `GROUP BY key`
 //! would have given: the same keys (every date with a row), counts (0 where no row passes
 //! the mask) and sums (null where no value is summed).
+//!
+//! The key is a Date32, or an Int64 that numbers a few groups per day (a period and the
+//! classes of a row's filter columns, see [`super::classes`]): those change from row to
+//! row, so they are added row by row, without looking for runs.
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array, ListArray,
@@ -15,9 +19,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{
-    DataType, Date32Type, Decimal128Type, Field, FieldRef, Fields, Float64Type, Int64Type,
-};
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Field, FieldRef, Fields, Float64Type, Int64Type};
 use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Expr, Signature, Volatility};
@@ -68,23 +70,27 @@ pub fn value_field(i: usize) -> String {
     format!("v{i}")
 }
 
-/// `tally_dense(key, value, mask, ...)`: after the key, per aggregate its value and its
-/// mask, or only its mask for a count of rows (`rows`: a literal value would be made into an
-/// array for every batch).
-pub fn dense(kinds: Vec<Kind>, rows: Vec<bool>, args: Vec<Expr>) -> Expr {
-    AggregateUDF::from(Dense::new(kinds, rows)).call(args)
+/// `tally_dense(key, value, mask, ...)`: after the key (of type `key`: Date32 or Int64), per
+/// aggregate its value and its mask, or only its mask for a count of rows (`rows`: a
+/// literal value would be made into an array for every batch). `None` for a key of
+/// another type.
+pub fn dense(key: &DataType, kinds: Vec<Kind>, rows: Vec<bool>, args: Vec<Expr>) -> Option<Expr> {
+    matches!(key, DataType::Date32 | DataType::Int64)
+        .then(|| AggregateUDF::from(Dense::new(key.clone(), kinds, rows)).call(args))
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Dense {
+    key: DataType,
     kinds: Vec<Kind>,
     rows: Vec<bool>,
     signature: Signature,
 }
 
 impl Dense {
-    fn new(kinds: Vec<Kind>, rows: Vec<bool>) -> Self {
+    fn new(key: DataType, kinds: Vec<Kind>, rows: Vec<bool>) -> Self {
         Dense {
+            key,
             kinds,
             rows,
             signature: Signature::variadic_any(Volatility::Immutable),
@@ -92,7 +98,7 @@ impl Dense {
     }
 
     fn item(&self) -> DataType {
-        let mut fields = vec![Field::new(KEY, DataType::Date32, false)];
+        let mut fields = vec![Field::new(KEY, self.key.clone(), false)];
         fields.extend(
             self.kinds
                 .iter()
@@ -105,6 +111,7 @@ impl Dense {
     /// Empty slots for these aggregates.
     fn slots(&self) -> Slots {
         Slots {
+            key: self.key.clone(),
             kinds: self.kinds.clone(),
             rows: self.rows.clone(),
             item: self.item(),
@@ -208,19 +215,21 @@ fn grow<T: Copy + Default>(v: &mut Vec<T>, before: usize, len: usize) {
     v.resize(len, T::default());
 }
 
-/// Which slot holds a day.
+/// Which slot holds a day (or key).
 #[derive(Debug)]
 enum Index {
     /// Slot `i` holds day `lo + i`.
-    Dense { lo: i32 },
+    Dense { lo: i64 },
     /// For days too far apart to keep a slot for every day between them (placeholder
     /// dates such as 0001-01-01 among today's): a slot per day met.
-    Sparse { slots: HashMap<i32, usize>, days: Vec<i32> },
+    Sparse { slots: HashMap<i64, usize>, days: Vec<i64> },
 }
 
 /// The slots of every aggregate.
 #[derive(Debug)]
 struct Slots {
+    /// The keys' type (the days are Date32's numbers).
+    key: DataType,
     kinds: Vec<Kind>,
     /// Which aggregates count rows (they have a mask and no value argument).
     rows: Vec<bool>,
@@ -237,11 +246,11 @@ struct Slots {
 #[inline]
 fn runs<T: Copy + Plus>(
     take: &Option<NullBuffer>,
-    keys: &[i32],
+    keys: &[i64],
     value: impl Fn(usize) -> T,
-    mut add: impl FnMut(i32, T),
+    mut add: impl FnMut(i64, T),
 ) {
-    let mut run: Option<(i32, T)> = None;
+    let mut run: Option<(i64, T)> = None;
     let mut step = |i: usize| {
         let (key, x) = (keys[i], value(i));
         run = match run {
@@ -262,18 +271,47 @@ fn runs<T: Copy + Plus>(
     }
 }
 
-/// Adds the values of the rows `take` keeps into their keys' slots: over runs of equal keys,
-/// or, when every row of a run counts (`whole`: no mask, no null), each run in one loop.
+/// Calls `add` for each row that `take` keeps (every row when it is `None`), with its key
+/// and value: for keys that change from row to row, where looking for runs costs a
+/// mispredicted branch per row.
+#[inline]
+fn each<T>(take: &Option<NullBuffer>, keys: &[i64], value: impl Fn(usize) -> T, mut add: impl FnMut(i64, T)) {
+    match take {
+        None => (0..keys.len()).for_each(|i| add(keys[i], value(i))),
+        Some(t) => t.valid_indices().for_each(|i| add(keys[i], value(i))),
+    }
+}
+
+/// [`runs`] when keys come in runs, else [`each`].
+#[inline]
+fn by_key<T: Copy + Plus>(
+    in_runs: bool,
+    take: &Option<NullBuffer>,
+    keys: &[i64],
+    value: impl Fn(usize) -> T,
+    add: impl FnMut(i64, T),
+) {
+    match in_runs {
+        true => runs(take, keys, value, add),
+        false => each(take, keys, value, add),
+    }
+}
+
+/// Adds the values of the rows `take` keeps into their keys' slots: over runs of equal keys
+/// (or row by row when keys are not `in_runs`), or, when every row of a run counts (`whole`:
+/// no mask, no null), each run in one loop.
+#[allow(clippy::too_many_arguments)]
 fn add_sums<T: Copy + Plus>(
     x: &[T],
     v: &mut [T],
     seen: &mut [bool],
     take: &Option<NullBuffer>,
-    keys: &[i32],
-    whole: Option<&Vec<(i32, usize, usize)>>,
-    slot: impl Fn(i32) -> usize,
+    keys: &[i64],
+    in_runs: bool,
+    whole: Option<&Vec<(i64, usize, usize)>>,
+    slot: impl Fn(i64) -> usize,
 ) {
-    let mut add = |key: i32, total: T| {
+    let mut add = |key: i64, total: T| {
         let s = slot(key);
         v[s] = v[s].plus(total);
         seen[s] = true;
@@ -288,7 +326,7 @@ fn add_sums<T: Copy + Plus>(
                 add(key, total);
             }
         }
-        None => runs(take, keys, |i| x[i], add),
+        None => by_key(in_runs, take, keys, |i| x[i], add),
     }
 }
 
@@ -323,17 +361,49 @@ impl Plus for () {
 /// dense range.
 const MAX_DAYS: i64 = 1 << 20;
 
+/// Keys come in runs when a batch has fewer runs of equal keys than its rows over this.
+const RUN_LENGTH: usize = 4;
+
+/// Keys out of runs are counted per key in a batch when they are less than this apart.
+const MAX_SPREAD: i64 = 1 << 16;
+
+/// The number of rows per key from `min` to `min + spread - 1`. Four counters per key,
+/// taken in turn: a row adds to a counter that the row before did not, so the additions
+/// do not wait for each other (keys out of runs still repeat a few often).
+fn rows_per_key(keys: &[i64], min: i64, spread: usize) -> Vec<u32> {
+    let mut lanes = vec![0u32; 4 * spread];
+    let (l0, rest) = lanes.split_at_mut(spread);
+    let (l1, rest) = rest.split_at_mut(spread);
+    let (l2, l3) = rest.split_at_mut(spread);
+    let at = |k: i64| (k - min) as usize;
+    let mut four = keys.chunks_exact(4);
+    for c in &mut four {
+        l0[at(c[0])] += 1;
+        l1[at(c[1])] += 1;
+        l2[at(c[2])] += 1;
+        l3[at(c[3])] += 1;
+    }
+    for &k in four.remainder() {
+        l0[at(k)] += 1;
+    }
+    for (((a, b), c), d) in l0.iter_mut().zip(&*l1).zip(&*l2).zip(&*l3) {
+        *a += b + c + d;
+    }
+    lanes.truncate(spread);
+    lanes
+}
+
 impl Slots {
     /// Makes slots for every day from `min` to `max` (dense), or for every day of `keys`
     /// (sparse, which the slots become when the days are too far apart).
-    fn cover(&mut self, min: i32, max: i32, keys: &[i32], nulls: Option<&NullBuffer>) {
+    fn cover(&mut self, min: i64, max: i64, keys: &[i64], nulls: Option<&NullBuffer>) {
         if let Index::Dense { lo: old } = self.index {
             let (lo, hi) = if self.present.is_empty() {
                 (min, max)
             } else {
-                (min.min(old), max.max(old + self.present.len() as i32 - 1))
+                (min.min(old), max.max(old + self.present.len() as i64 - 1))
             };
-            if (hi as i64 - lo as i64) < MAX_DAYS {
+            if (hi as i128 - lo as i128) < MAX_DAYS as i128 {
                 let before = if self.present.is_empty() {
                     0
                 } else {
@@ -350,9 +420,9 @@ impl Slots {
                 return;
             }
             // Too far apart: a slot per day met so far.
-            let days: Vec<i32> = (0..self.present.len())
+            let days: Vec<i64> = (0..self.present.len())
                 .filter(|&i| self.present[i])
-                .map(|i| old + i as i32)
+                .map(|i| old + i as i64)
                 .collect();
             for s in &mut self.sums {
                 s.compact(&self.present);
@@ -384,28 +454,56 @@ impl Slots {
 
     /// Adds rows: `keys` with, per aggregate, a value (or `None`: merged partial sums, which
     /// are added as they are) and a mask.
-    fn add(&mut self, keys: &Date32Array, values: &[(ArrayRef, Option<&BooleanArray>)]) -> Result<()> {
-        let (mut min, mut max) = (i32::MAX, i32::MIN);
-        for k in keys.iter().flatten() {
-            min = min.min(k);
-            max = max.max(k);
-        }
+    fn add(&mut self, keys: &Int64Array, values: &[(ArrayRef, Option<&BooleanArray>)]) -> Result<()> {
+        let key_nulls = keys.nulls();
+        let k = keys.values();
+        let (min, max) = match key_nulls {
+            None => k
+                .iter()
+                .fold((i64::MAX, i64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x))),
+            Some(_) => keys
+                .iter()
+                .flatten()
+                .fold((i64::MAX, i64::MIN), |(lo, hi), x| (lo.min(x), hi.max(x))),
+        };
         if min > max {
             return Ok(());
         }
-        let key_nulls = keys.nulls();
-        let k = keys.values();
         self.cover(min, max, k, key_nulls);
         let index = &self.index;
-        let slot = |day: i32| match index {
+        let slot = |day: i64| match index {
             Index::Dense { lo } => (day - lo) as usize,
             Index::Sparse { slots, .. } => slots[&day],
         };
+        let changes = k.windows(2).map(|w| (w[0] != w[1]) as usize).sum::<usize>();
+        let in_runs = changes * RUN_LENGTH < k.len();
+        // Keys out of runs, all there, in dense slots: the rows per key, counted once for
+        // the counts of rows and for the keys present.
+        let rows_per_key = match index {
+            Index::Dense { .. } if !in_runs && key_nulls.is_none() && max - min < MAX_SPREAD => {
+                Some(rows_per_key(k, min, (max - min + 1) as usize))
+            }
+            _ => None,
+        };
         let present = &mut self.present;
-        runs(&key_nulls.cloned(), k, |_| (), |key, _| present[slot(key)] = true);
+        match &rows_per_key {
+            Some(rows) => {
+                let first = slot(min);
+                for (p, &n) in present[first..first + rows.len()].iter_mut().zip(rows) {
+                    *p |= n > 0;
+                }
+            }
+            None => by_key(
+                in_runs,
+                &key_nulls.cloned(),
+                k,
+                |_| (),
+                |key, _| present[slot(key)] = true,
+            ),
+        }
         // Runs of equal keys (when no key is null): counts of rows and of mask bits per run
         // need no pass over the rows.
-        let key_runs: Option<Vec<(i32, usize, usize)>> = key_nulls.is_none().then(|| {
+        let key_runs: Option<Vec<(i64, usize, usize)>> = (in_runs && key_nulls.is_none()).then(|| {
             let mut out = Vec::new();
             let mut start = 0;
             for i in 1..=k.len() {
@@ -444,25 +542,62 @@ impl Slots {
                         v[slot(key)] += n as i64;
                     }
                 }
+                // Every row with a key counts: the rows per key.
+                (Kind::Count, Values::Int(v))
+                    if mask.is_some() && bits.is_none() && value.nulls().is_none() && rows_per_key.is_some() =>
+                {
+                    let rows = rows_per_key.as_deref().unwrap_or_default();
+                    let first = slot(min);
+                    for (v, &n) in v[first..first + rows.len()].iter_mut().zip(rows) {
+                        *v += n as i64;
+                    }
+                }
                 (Kind::Count, Values::Int(v)) if mask.is_none() => {
                     // Merged partial counts.
                     let x = value.as_primitive::<Int64Type>().values();
-                    runs(&take, k, |i| x[i], |key, n| v[slot(key)] += n);
+                    by_key(in_runs, &take, k, |i| x[i], |key, n| v[slot(key)] += n);
                 }
-                (Kind::Count, Values::Int(v)) => runs(&take, k, |_| 1i64, |key, n| v[slot(key)] += n),
+                (Kind::Count, Values::Int(v)) => by_key(in_runs, &take, k, |_| 1i64, |key, n| v[slot(key)] += n),
                 (Kind::SumInt, Values::Int(v)) => {
                     let x = cast(value, &DataType::Int64)?;
                     let x = x.as_primitive::<Int64Type>().values();
-                    add_sums(x, v, seen, &take, k, whole_runs.filter(|_| bits.is_none()), slot);
+                    add_sums(
+                        x,
+                        v,
+                        seen,
+                        &take,
+                        k,
+                        in_runs,
+                        whole_runs.filter(|_| bits.is_none()),
+                        slot,
+                    );
                 }
                 (Kind::SumFloat, Values::Float(v)) => {
                     let x = cast(value, &DataType::Float64)?;
                     let x = x.as_primitive::<Float64Type>().values();
-                    add_sums(x, v, seen, &take, k, whole_runs.filter(|_| bits.is_none()), slot);
+                    add_sums(
+                        x,
+                        v,
+                        seen,
+                        &take,
+                        k,
+                        in_runs,
+                        whole_runs.filter(|_| bits.is_none()),
+                        slot,
+                    );
                 }
                 (Kind::SumDecimal(..), Values::Decimal(v)) => {
                     let x = value.as_primitive::<Decimal128Type>().values();
-                    add_sums(x, v, seen, &take, k, whole_runs.filter(|_| bits.is_none()), slot);
+                    add_sums(
+                        x,
+                        v,
+                        seen,
+                        &take,
+                        k,
+                        in_runs,
+                        whole_runs.filter(|_| bits.is_none()),
+                        slot,
+                    );
                 }
                 _ => return exec_err!("tally_dense: slots of another kind"),
             }
@@ -472,19 +607,22 @@ impl Slots {
 
     /// The days seen with their values, as one list of structs.
     fn result(&self) -> Result<ScalarValue> {
-        let (days, keys): (Vec<usize>, Vec<i32>) = match &self.index {
+        let (days, keys): (Vec<usize>, Vec<i64>) = match &self.index {
             Index::Dense { lo } => (0..self.present.len())
                 .filter(|&i| self.present[i])
-                .map(|i| (i, lo + i as i32))
+                .map(|i| (i, lo + i as i64))
                 .unzip(),
             Index::Sparse { days, .. } => {
-                let mut order: Vec<(usize, i32)> = days.iter().copied().enumerate().collect();
+                let mut order: Vec<(usize, i64)> = days.iter().copied().enumerate().collect();
                 order.sort_by_key(|x| x.1);
                 order.into_iter().unzip()
             }
         };
-        let keys = Date32Array::from(keys);
-        let mut columns: Vec<ArrayRef> = vec![Arc::new(keys)];
+        let keys: ArrayRef = match self.key {
+            DataType::Date32 => Arc::new(Date32Array::from_iter_values(keys.iter().map(|&k| k as i32))),
+            _ => Arc::new(Int64Array::from(keys)),
+        };
+        let mut columns: Vec<ArrayRef> = vec![keys];
         for (kind, Sums { values, seen }) in self.kinds.iter().zip(&self.sums) {
             let column: ArrayRef = match (kind, values) {
                 (Kind::Count, Values::Int(v)) => Arc::new(Int64Array::from_iter_values(days.iter().map(|&i| v[i]))),
@@ -516,8 +654,8 @@ impl Slots {
 
 impl Accumulator for Slots {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let keys = cast(&values[0], &DataType::Date32)?;
-        let keys = keys.as_primitive::<Date32Type>();
+        let keys = cast(&values[0], &DataType::Int64)?;
+        let keys = keys.as_primitive::<Int64Type>();
         let mut pairs: Vec<(ArrayRef, Option<&BooleanArray>)> = Vec::with_capacity(self.kinds.len());
         let mut at = 1;
         for &rows in &self.rows {
@@ -538,10 +676,10 @@ impl Accumulator for Slots {
         for i in (0..lists.len()).filter(|&i| lists.is_valid(i)) {
             let item = lists.value(i);
             let structs = item.as_struct();
-            let keys = structs.column(0).as_primitive::<Date32Type>().clone();
+            let keys = cast(structs.column(0), &DataType::Int64)?;
             let pairs: Vec<(ArrayRef, Option<&BooleanArray>)> =
                 structs.columns()[1..].iter().map(|c| (c.clone(), None)).collect();
-            self.add(&keys, &pairs)?;
+            self.add(keys.as_primitive::<Int64Type>(), &pairs)?;
         }
         Ok(())
     }
@@ -571,10 +709,11 @@ impl Accumulator for Slots {
 mod tests {
     use super::*;
     use datafusion::arrow::array::{Int32Array, StringArray};
+    use datafusion::arrow::datatypes::Date32Type;
 
     fn slots(kinds: Vec<Kind>) -> Box<dyn Accumulator> {
         let rows = vec![false; kinds.len()];
-        Box::new(Dense::new(kinds, rows).slots())
+        Box::new(Dense::new(DataType::Date32, kinds, rows).slots())
     }
 
     /// The (day, values as text) rows of a result.
@@ -712,10 +851,90 @@ mod tests {
         );
     }
 
+    /// Int64 keys that change from row to row (periods and numbers of classes), in batches
+    /// with and without null keys, in two partial states merged: the counts and sums a
+    /// table per key gives.
+    #[test]
+    fn keys_out_of_runs_add_up_row_by_row() {
+        use std::collections::BTreeMap;
+        let d = Dense::new(
+            DataType::Int64,
+            vec![Kind::Count, Kind::Count, Kind::Count, Kind::SumInt, Kind::SumFloat],
+            vec![true, true, false, false, false],
+        );
+        // Row i of a batch: its key (two periods 3,000 apart, 37 numbers each), mask, value.
+        let row = |b: usize, i: usize| {
+            let x = (i * 7919 + i * i * 31 + b) % 41;
+            // Odd batches have null keys.
+            let null = !b.is_multiple_of(2) && (x >= 37 || i.is_multiple_of(13));
+            let key = (!null).then_some(if i < 700 { 1000 } else { 4000 } + (x % 37) as i64);
+            let value = (!i.is_multiple_of(5)).then_some(i as i64 - 300);
+            (key, !i.is_multiple_of(3), value)
+        };
+        let mut expected: BTreeMap<i64, (i64, i64, i64, Option<i64>)> = BTreeMap::new();
+        let mut partials = Vec::new();
+        for part in 0..2 {
+            let mut acc = d.slots();
+            for b in [2 * part, 2 * part + 1] {
+                let rows: Vec<_> = (0..1000).map(|i| row(b, i)).collect();
+                for &(key, mask, value) in &rows {
+                    let Some(k) = key else { continue };
+                    let e = expected.entry(k).or_default();
+                    e.0 += 1;
+                    e.1 += mask as i64;
+                    e.2 += value.is_some() as i64;
+                    if let Some(v) = value {
+                        e.3 = Some(e.3.unwrap_or(0) + v);
+                    }
+                }
+                let keys: ArrayRef = Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.0)));
+                let mask: ArrayRef = Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.1))));
+                let all: ArrayRef = Arc::new(BooleanArray::from(vec![true; rows.len()]));
+                let ints: ArrayRef = Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.2)));
+                let floats: ArrayRef = Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.2.map(|v| v as f64))));
+                let args = [
+                    all.clone(),
+                    mask,
+                    ints.clone(),
+                    all.clone(),
+                    ints,
+                    all.clone(),
+                    floats,
+                    all,
+                ];
+                acc.update_batch(&[vec![keys], args.to_vec()].concat()).unwrap();
+            }
+            partials.push(acc.state().unwrap()[0].to_array().unwrap());
+        }
+        let mut whole = d.slots();
+        let merged = datafusion::arrow::compute::concat(&[partials[0].as_ref(), partials[1].as_ref()]).unwrap();
+        whole.merge_batch(&[merged]).unwrap();
+        let ScalarValue::List(list) = whole.evaluate().unwrap() else {
+            panic!("a list")
+        };
+        let item = list.value(0);
+        let got = item.as_struct();
+        let text = |c: usize, i: usize| {
+            datafusion::arrow::util::display::array_value_to_string(got.column(c), i).unwrap_or_default()
+        };
+        let keys = got.column(0).as_primitive::<Int64Type>();
+        assert_eq!(keys.values().to_vec(), expected.keys().copied().collect::<Vec<_>>());
+        for (i, (_, (rows, masked, values, sum))) in expected.iter().enumerate() {
+            let sum = sum.map(|s| s.to_string()).unwrap_or_default();
+            let float = sum.parse::<f64>().map(|s| format!("{s:.1}")).unwrap_or_default();
+            assert_eq!(
+                (1..6).map(|c| text(c, i)).collect::<Vec<_>>(),
+                vec![rows.to_string(), masked.to_string(), values.to_string(), sum, float],
+                "key {}",
+                keys.value(i)
+            );
+        }
+    }
+
     /// A count of rows has only a mask: a row counts when it has a key and its mask is true.
     #[test]
     fn counts_of_rows_take_a_mask_only() {
-        let d = Dense::new(vec![Kind::Count, Kind::SumInt], vec![true, false]);
+        let d = Dense::new(DataType::Date32, vec![Kind::Count, Kind::SumInt], vec![true, false]);
         let mut acc = d.slots();
         let keys = date32(vec![Some(1), Some(1), None, Some(2)]);
         let mask: ArrayRef = Arc::new(BooleanArray::from(vec![true, false, true, true]));

@@ -1207,6 +1207,10 @@ fn dense_aggregate(
         args.push(f.params.filter.as_deref().cloned().unwrap_or_else(|| lit(true)));
         names.push(alias.name.clone());
     }
+    let key_type = datafusion::logical_expr::ExprSchemable::get_type(&args[0], &schema).map_err(internal)?;
+    let Some(dense) = dense::dense(&key_type, kinds, rows, args) else {
+        return Ok(None);
+    };
     let list = "__dense";
     let field = |f: String| datafusion::functions::core::expr_fn::get_field(Expr::Column(Column::from_name(list)), f);
     let columns = std::iter::once(field(dense::KEY.to_string()).alias(name)).chain(
@@ -1216,7 +1220,7 @@ fn dense_aggregate(
             .map(|(i, n)| field(dense::value_field(i)).alias(n)),
     );
     builder
-        .aggregate(Vec::<Expr>::new(), vec![dense::dense(kinds, rows, args).alias(list)])
+        .aggregate(Vec::<Expr>::new(), vec![dense.alias(list)])
         .and_then(|b| b.unnest_column(list))
         .and_then(|b| b.project(columns))
         .map(Some)
@@ -1492,7 +1496,9 @@ fn categorical(e: &RowExpr, out: &mut Vec<(SourceId, String)>) -> bool {
 
 /// The measures aggregated by period, breakdown and the classes of their filters' columns,
 /// then re-aggregated with their filters over the classes. By period alone, the period goes
-/// into the packed number too: grouping by one integer is the cheapest grouping there is.
+/// into the packed number too: grouping by one integer is the cheapest grouping there is,
+/// and when the canonical classes number a period's groups, counts and sums go into dense
+/// slots by that number, with no hash table at all.
 fn by_classes(
     model: &Model,
     builder: LogicalPlanBuilder,
@@ -1507,6 +1513,11 @@ fn by_classes(
         let ty = datafusion::logical_expr::ExprSchemable::get_type(p, builder.schema());
         matches!(ty, Ok(DataType::Date32)) && classes.bits() <= 32
     });
+    if let Some(p) = &days
+        && let Some(plan) = by_keyed_classes(model, builder.clone(), p.clone(), classes, measures)?
+    {
+        return Ok(plan);
+    }
     let (first, second) = match days {
         Some(p) => (
             vec![classes.packed(model, Some(p)).alias(CLASSES)],
@@ -1520,6 +1531,35 @@ fn by_classes(
         }
     };
     pre_aggregated(model, builder, first, second, &filter, measures)
+}
+
+/// [`by_classes`] by period alone over dense slots per [`Classes::keyed`] key, when the
+/// classes are canonical and every partial aggregate is a count or a sum.
+fn by_keyed_classes(
+    model: &Model,
+    builder: LogicalPlanBuilder,
+    period: Expr,
+    classes: &Classes,
+    measures: &[MeasureId],
+) -> Result<Option<LogicalPlan>> {
+    const KEY: &str = "__key";
+    let Some(key) = classes.keyed(model, period) else {
+        return Ok(None);
+    };
+    let packed = Expr::Column(Column::from_name(CLASSES));
+    let filter = |f: &RowExpr| classes.filter(f, &packed);
+    let split = two_phase(model, measures, FilterIn::Second(&filter));
+    let Some(dense) = dense_aggregate(builder, key, KEY, &split.first)? else {
+        return Ok(None);
+    };
+    let mut columns = vec![classes.unkey(Expr::Column(Column::from_name(KEY))).alias(CLASSES)];
+    columns.extend(names_of(&split.first));
+    let second = vec![Classes::period(&packed).alias(PERIOD)];
+    let b = dense
+        .project(columns)
+        .and_then(|b| b.aggregate(second, split.second))
+        .map_err(internal)?;
+    finish_averages(b, &[PERIOD.to_string()], measures, &split.averages).map(Some)
 }
 
 /// What a scan reads besides its measures' filters.

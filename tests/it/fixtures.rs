@@ -702,5 +702,45 @@ fn literal_filters_on_classes_give_the_numbers_of_filters_per_row() {
                 }
             }
         }
+
+        // Five filters at a time (with a sum): few classes, numbered by the filters' answers
+        // (the rows a filter set cannot tell apart are one group), and by period alone
+        // counted in dense slots per period and number.
+        for chunk in names[..filters.len()].chunks(5) {
+            let mut set: Vec<&str> = chunk.to_vec();
+            set.push(names[filters.len()]);
+            let query = tally::plan::Query {
+                metrics: set.iter().map(|n| env.model.metric(n).unwrap()).collect(),
+                grain: Some(tally::time::Grain::Month),
+                ..tally::plan::Query::default()
+            };
+            let plan = tally::plan::build(&env.model, &env.files, &env.settings.calendar(), query).unwrap();
+            let shown = format!("{}", plan.scans[0].plan.display_indent());
+            assert!(
+                shown.contains("tally_unkey") && shown.contains("tally_dense"),
+                "{shown}"
+            );
+            for (grain, dims) in [
+                (Some("day"), &[][..]),
+                (Some("month"), &[][..]),
+                (Some("month"), &[dim.as_str()][..]),
+            ] {
+                let q = || Q {
+                    grain,
+                    dims,
+                    ..Q::default()
+                };
+                let together = env.query(&set, q());
+                for (i, name) in set.iter().enumerate() {
+                    let alone = env.query(&[name], q());
+                    assert_eq!(together.rows.len(), alone.rows.len(), "{name}");
+                    for (a, b) in together.rows.iter().zip(&alone.rows) {
+                        assert_eq!((a.period, &a.dimensions), (b.period, &b.dimensions));
+                        let what = format!("{name} with {set:?} at {:?} {:?}", a.period, a.dimensions);
+                        assert_close(a.values[i], b.values[0], &what);
+                    }
+                }
+            }
+        }
     }
 }
