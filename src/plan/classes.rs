@@ -13,19 +13,30 @@
 //! 0 null, 1 below t₀, 2 equal to t₀, 3 between t₀ and t₁, ..., 2n + 1 above tₙ₋₁.
 //! `c > tⱼ` is then `class > 2j + 2`, `c = tⱼ` is `class = 2j + 2`, and so on; a null class
 //! (0 read back as null) keeps SQL's answer for nulls, also under `not`.
+//!
+//! Combinations of classes that every filter answers alike are then one group (see
+//! [`Classes::canonical`]), and by period alone the groups are numbered for dense slots
+//! ([`Classes::keyed`]).
 
 use super::integral;
 use crate::ast::BinOp;
 use crate::model::{Model, RowExpr, RowKind, SourceId};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, UInt64Array};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Date32Type, Float64Type, Int32Type, Int64Type, TimeUnit, UInt64Type};
-use datafusion::common::{DFSchema, Result, exec_err};
+use datafusion::arrow::datatypes::{
+    DataType, Date32Type, Field, Float64Type, Int32Type, Int64Type, Schema, TimeUnit, UInt64Type,
+};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::{Column, DFSchema, Result, exec_err};
 use datafusion::functions::expr_fn as func;
+use datafusion::logical_expr::execution_props::ExecutionProps;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{
     ColumnarValue, Expr, ExprSchemable, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
     binary_expr, lit,
 };
+use datafusion::physical_expr::create_physical_expr;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// How a column's values are compared with its literals.
@@ -420,12 +431,6 @@ impl Classes {
     /// classes take too many bits (or a filter cannot be evaluated here: the classes are
     /// then used as they are).
     fn canonical(&self, filters: &[&RowExpr]) -> Option<Canonical> {
-        use datafusion::arrow::datatypes::{Field, Schema};
-        use datafusion::arrow::record_batch::RecordBatch;
-        use datafusion::logical_expr::execution_props::ExecutionProps;
-        use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-        use datafusion::physical_expr::create_physical_expr;
-
         let bits = self.bits();
         if bits > CANONICAL_BITS || filters.is_empty() {
             return None;
@@ -435,7 +440,7 @@ impl Classes {
         let every = UInt64Array::from_iter_values(0..n as u64);
         let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(every)]).ok()?;
         let df_schema = DFSchema::try_from(schema.as_ref().clone()).ok()?;
-        let packed = Expr::Column(datafusion::common::Column::from_name(CANONICAL_COLUMN));
+        let packed = Expr::Column(Column::from_name(CANONICAL_COLUMN));
         let (props, context) = (ExecutionProps::new(), PhysicalPlanningContext::default());
         let words = filters.len().div_ceil(64);
         let mut answers = vec![0u64; n * words];
@@ -443,14 +448,16 @@ impl Classes {
             let e = create_physical_expr(&self.filter(f, &packed), &df_schema, &props, &context).ok()?;
             let values = e.evaluate(&batch).ok()?.into_array(n).ok()?;
             let values = values.as_boolean_opt()?;
-            for t in 0..n {
-                // A filter keeps a row when it is true (not false, not null).
-                if values.is_valid(t) && values.value(t) {
-                    answers[t * words + j / 64] |= 1 << (j % 64);
-                }
+            // A filter keeps a row when it is true (not false, not null).
+            let keeps = match values.nulls() {
+                Some(valid) => values.values() & valid.inner(),
+                None => values.values().clone(),
+            };
+            for t in keeps.set_indices() {
+                answers[t * words + j / 64] |= 1 << (j % 64);
             }
         }
-        let mut numbers: std::collections::HashMap<&[u64], u32> = std::collections::HashMap::new();
+        let mut numbers: HashMap<&[u64], u32> = HashMap::new();
         let mut first = Vec::new();
         let number = answers
             .chunks(words)
