@@ -490,14 +490,22 @@ impl Classes {
         ScalarUDF::from(Packer::new(self.clone(), packing)).call(args)
     }
 
-    /// `tally_classes(period, columns...)` as an Int64 that numbers the groups a period's
-    /// rows fall into: the period's days times the number of canonical classes, plus the
-    /// row's, so that a period's groups are a few consecutive numbers (dense slots, no hash
-    /// table: see [`super::dense`]); null without a period. [`Classes::unkey`] gives back
-    /// what [`Classes::packed`] would have given. `None` without canonical classes.
-    pub fn keyed(&self, model: &Model, period: Expr) -> Option<Expr> {
-        self.canonical.as_ref()?;
-        Some(self.pack(model, Some(period), Packing::Keyed))
+    /// `tally_classes(period, columns...)` as an Int64 of the period's days and, in the
+    /// returned number of low bits, the number of the row's canonical classes: the groups of
+    /// a period's rows, for a block of dense slots per period (no hash table: see
+    /// [`super::dense`]); null without a period. [`Classes::unkey`] gives back what
+    /// [`Classes::packed`] would have given. `None` without canonical classes, or with more
+    /// than a block holds.
+    pub fn keyed(&self, model: &Model, period: Expr) -> Option<(Expr, u32)> {
+        let bits = self.group_bits()?;
+        Some((self.pack(model, Some(period), Packing::Keyed), bits))
+    }
+
+    /// The bits that number the canonical classes in a key of [`Classes::keyed`] (one at
+    /// least: no bits is a key of days alone).
+    fn group_bits(&self) -> Option<u32> {
+        let count = self.canonical.as_ref()?.first.len() as u32;
+        Some(bits_for(count - 1).max(1)).filter(|&b| b <= super::dense::MAX_GROUP_BITS)
     }
 
     /// The packed period and classes of a key of [`Classes::keyed`].
@@ -505,6 +513,7 @@ impl Classes {
         let canonical = self.canonical.clone().expect("keyed classes are canonical");
         let unkey = Unkey {
             canonical,
+            bits: self.group_bits().expect("keyed classes"),
             signature: Signature::any(1, Volatility::Immutable),
         };
         ScalarUDF::from(unkey).call(vec![key])
@@ -827,9 +836,9 @@ impl ScalarUDFImpl for Packer {
         let canonical = self.classes.canonical.as_deref();
         match (self.packing, days, canonical) {
             (Packing::Keyed, Some(days), Some(c)) => {
-                let count = c.first.len() as i64;
+                let bits = self.classes.group_bits().expect("keyed classes");
                 let keys = days.values().iter().zip(&packed);
-                let keys = keys.map(|(&d, &p)| d as i64 * count + c.number[p as usize] as i64);
+                let keys = keys.map(|(&d, &p)| (d as i64) << bits | c.number[p as usize] as i64);
                 let keys = Int64Array::new(keys.collect(), days.nulls().cloned());
                 return Ok(ColumnarValue::Array(Arc::new(keys)));
             }
@@ -855,6 +864,8 @@ impl ScalarUDFImpl for Packer {
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Unkey {
     canonical: Arc<Canonical>,
+    /// The key's bits that number the classes.
+    bits: u32,
     signature: Signature,
 }
 
@@ -876,9 +887,9 @@ impl ScalarUDFImpl for Unkey {
         let Some(keys) = keys.as_primitive_opt::<Int64Type>() else {
             return exec_err!("tally_unkey: a key of type Int64 was expected");
         };
-        let count = self.canonical.first.len() as i64;
+        let group = (1i64 << self.bits) - 1;
         let packed = keys.unary::<_, UInt64Type>(|k| {
-            let (days, number) = (k.div_euclid(count), k.rem_euclid(count));
+            let (days, number) = (k >> self.bits, k & group);
             ((days + PERIOD_OFFSET) as u64) << 32 | self.canonical.first[number as usize] as u64
         });
         Ok(ColumnarValue::Array(Arc::new(packed)))

@@ -9,9 +9,10 @@
 //! would have given: the same keys (every date with a row), counts (0 where no row passes
 //! the mask) and sums (null where no value is summed).
 //!
-//! The key is a Date32, or an Int64 that numbers a few groups per day (a period and the
-//! classes of a row's filter columns, see [`super::classes`]): those change from row to
-//! row, so they are added row by row, without looking for runs.
+//! The key is a Date32, or an Int64 of a day and a group of the day's rows in its low
+//! `group_bits` bits (a period and the classes of a row's filter columns, see
+//! [`super::classes`]): each day met gets a block of slots, one per group, and the rows,
+//! whose groups change from row to row, are added row by row, without looking for runs.
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array, ListArray,
@@ -74,23 +75,33 @@ pub fn value_field(i: usize) -> String {
 /// aggregate its value and its mask, or only its mask for a count of rows (`rows`: a
 /// literal value would be made into an array for every batch). `None` for a key of
 /// another type.
-pub fn dense(key: &DataType, kinds: Vec<Kind>, rows: Vec<bool>, args: Vec<Expr>) -> Option<Expr> {
-    matches!(key, DataType::Date32 | DataType::Int64)
-        .then(|| AggregateUDF::from(Dense::new(key.clone(), kinds, rows)).call(args))
+pub fn dense(key: &DataType, group_bits: u32, kinds: Vec<Kind>, rows: Vec<bool>, args: Vec<Expr>) -> Option<Expr> {
+    let valid = match key {
+        DataType::Date32 => group_bits == 0,
+        DataType::Int64 => group_bits <= MAX_GROUP_BITS,
+        _ => false,
+    };
+    valid.then(|| AggregateUDF::from(Dense::new(key.clone(), group_bits, kinds, rows)).call(args))
 }
+
+/// Blocks of more groups than 2 to this would be mostly empty slots.
+pub const MAX_GROUP_BITS: u32 = 8;
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Dense {
     key: DataType,
+    /// The key's low bits that number a group within a day (0: the key is a day).
+    group_bits: u32,
     kinds: Vec<Kind>,
     rows: Vec<bool>,
     signature: Signature,
 }
 
 impl Dense {
-    fn new(key: DataType, kinds: Vec<Kind>, rows: Vec<bool>) -> Self {
+    fn new(key: DataType, group_bits: u32, kinds: Vec<Kind>, rows: Vec<bool>) -> Self {
         Dense {
             key,
+            group_bits,
             kinds,
             rows,
             signature: Signature::variadic_any(Volatility::Immutable),
@@ -115,7 +126,14 @@ impl Dense {
             kinds: self.kinds.clone(),
             rows: self.rows.clone(),
             item: self.item(),
-            index: Index::Dense { lo: 0 },
+            index: match self.group_bits {
+                0 => Index::Dense { lo: 0 },
+                bits => Index::Blocks {
+                    bits,
+                    blocks: HashMap::new(),
+                    days: Vec::new(),
+                },
+            },
             present: Vec::new(),
             sums: self.kinds.iter().map(|k| Sums::new(*k)).collect(),
         }
@@ -223,6 +241,14 @@ enum Index {
     /// For days too far apart to keep a slot for every day between them (placeholder
     /// dates such as 0001-01-01 among today's): a slot per day met.
     Sparse { slots: HashMap<i64, usize>, days: Vec<i64> },
+    /// Keys of a day and a group (its low `bits`): a block of 2^`bits` slots per day met,
+    /// in the order met (`days`, `blocks` the reverse); slot `i` holds group `i % 2^bits` of
+    /// day `days[i >> bits]`.
+    Blocks {
+        bits: u32,
+        blocks: HashMap<i64, usize>,
+        days: Vec<i64>,
+    },
 }
 
 /// The slots of every aggregate.
@@ -452,19 +478,69 @@ impl Slots {
         }
     }
 
+    /// The slot of each row's key of a day and a group (0 for a row without a key), with a
+    /// block of slots for each day met.
+    fn place(&mut self, keys: &Int64Array) -> Vec<i64> {
+        let Index::Blocks { bits, blocks, days } = &mut self.index else {
+            unreachable!("keys of a day and a group")
+        };
+        let bits = *bits;
+        let group = (1i64 << bits) - 1;
+        let mut out = vec![0i64; keys.len()];
+        {
+            // Rows come in about time order: the day of the row before is mostly the row's.
+            let mut last: Option<(i64, i64)> = None;
+            let mut place = |key: i64| {
+                let day = key >> bits;
+                let first = match last {
+                    Some((d, first)) if d == day => first,
+                    _ => {
+                        let block = *blocks.entry(day).or_insert_with(|| {
+                            days.push(day);
+                            days.len() - 1
+                        });
+                        let first = (block as i64) << bits;
+                        last = Some((day, first));
+                        first
+                    }
+                };
+                first | (key & group)
+            };
+            match keys.nulls() {
+                None => out.iter_mut().zip(keys.values()).for_each(|(o, &k)| *o = place(k)),
+                Some(valid) => valid.valid_indices().for_each(|i| out[i] = place(keys.value(i))),
+            }
+        }
+        let len = days.len() << bits;
+        if len > self.present.len() {
+            grow(&mut self.present, 0, len);
+            for s in &mut self.sums {
+                s.grow(0, len);
+            }
+        }
+        out
+    }
+
     /// Adds rows: `keys` with, per aggregate, a value (or `None`: merged partial sums, which
     /// are added as they are) and a mask.
     fn add(&mut self, keys: &Int64Array, values: &[(ArrayRef, Option<&BooleanArray>)]) -> Result<()> {
         let key_nulls = keys.nulls();
-        let k = keys.values();
+        // Keys of a day and a group stand for their slots from here on.
+        let placed;
+        let k = match self.index {
+            Index::Blocks { .. } => {
+                placed = self.place(keys);
+                &placed[..]
+            }
+            _ => keys.values(),
+        };
         let (min, max) = match key_nulls {
             None => k
                 .iter()
                 .fold((i64::MAX, i64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x))),
-            Some(_) => keys
-                .iter()
-                .flatten()
-                .fold((i64::MAX, i64::MIN), |(lo, hi), x| (lo.min(x), hi.max(x))),
+            Some(valid) => valid
+                .valid_indices()
+                .fold((i64::MAX, i64::MIN), |(lo, hi), i| (lo.min(k[i]), hi.max(k[i]))),
         };
         if min > max {
             return Ok(());
@@ -474,13 +550,14 @@ impl Slots {
         let slot = |day: i64| match index {
             Index::Dense { lo } => (day - lo) as usize,
             Index::Sparse { slots, .. } => slots[&day],
+            Index::Blocks { .. } => day as usize,
         };
         let changes = k.windows(2).map(|w| (w[0] != w[1]) as usize).sum::<usize>();
         let in_runs = changes * RUN_LENGTH < k.len();
         // Keys out of runs, all there, in dense slots: the rows per key, counted once for
         // the counts of rows and for the keys present.
         let rows_per_key = match index {
-            Index::Dense { .. } if !in_runs && key_nulls.is_none() && max - min < MAX_SPREAD => {
+            Index::Dense { .. } | Index::Blocks { .. } if !in_runs && key_nulls.is_none() && max - min < MAX_SPREAD => {
                 Some(rows_per_key(k, min, (max - min + 1) as usize))
             }
             _ => None,
@@ -617,6 +694,15 @@ impl Slots {
                 order.sort_by_key(|x| x.1);
                 order.into_iter().unzip()
             }
+            Index::Blocks { bits, days, .. } => {
+                let group = (1usize << bits) - 1;
+                let mut order: Vec<(usize, i64)> = (0..self.present.len())
+                    .filter(|&i| self.present[i])
+                    .map(|i| (i, days[i >> bits] << bits | (i & group) as i64))
+                    .collect();
+                order.sort_by_key(|x| x.1);
+                order.into_iter().unzip()
+            }
         };
         let keys: ArrayRef = match self.key {
             DataType::Date32 => Arc::new(Date32Array::from_iter_values(keys.iter().map(|&k| k as i32))),
@@ -713,7 +799,7 @@ mod tests {
 
     fn slots(kinds: Vec<Kind>) -> Box<dyn Accumulator> {
         let rows = vec![false; kinds.len()];
-        Box::new(Dense::new(DataType::Date32, kinds, rows).slots())
+        Box::new(Dense::new(DataType::Date32, 0, kinds, rows).slots())
     }
 
     /// The (day, values as text) rows of a result.
@@ -851,90 +937,101 @@ mod tests {
         );
     }
 
-    /// Int64 keys that change from row to row (periods and numbers of classes), in batches
-    /// with and without null keys, in two partial states merged: the counts and sums a
-    /// table per key gives.
+    /// Int64 keys that change from row to row, in batches with and without null keys, in
+    /// two partial states merged: the counts and sums a table per key gives, with a slot per
+    /// key from the least to the greatest, and in blocks per day of keys of a day and a group
+    /// (64 groups, days before 1970 too).
     #[test]
     fn keys_out_of_runs_add_up_row_by_row() {
         use std::collections::BTreeMap;
-        let d = Dense::new(
-            DataType::Int64,
-            vec![Kind::Count, Kind::Count, Kind::Count, Kind::SumInt, Kind::SumFloat],
-            vec![true, true, false, false, false],
-        );
-        // Row i of a batch: its key (two periods 3,000 apart, 37 numbers each), mask, value.
-        let row = |b: usize, i: usize| {
-            let x = (i * 7919 + i * i * 31 + b) % 41;
-            // Odd batches have null keys.
-            let null = !b.is_multiple_of(2) && (x >= 37 || i.is_multiple_of(13));
-            let key = (!null).then_some(if i < 700 { 1000 } else { 4000 } + (x % 37) as i64);
-            let value = (!i.is_multiple_of(5)).then_some(i as i64 - 300);
-            (key, !i.is_multiple_of(3), value)
-        };
-        let mut expected: BTreeMap<i64, (i64, i64, i64, Option<i64>)> = BTreeMap::new();
-        let mut partials = Vec::new();
-        for part in 0..2 {
-            let mut acc = d.slots();
-            for b in [2 * part, 2 * part + 1] {
-                let rows: Vec<_> = (0..1000).map(|i| row(b, i)).collect();
-                for &(key, mask, value) in &rows {
-                    let Some(k) = key else { continue };
-                    let e = expected.entry(k).or_default();
-                    e.0 += 1;
-                    e.1 += mask as i64;
-                    e.2 += value.is_some() as i64;
-                    if let Some(v) = value {
-                        e.3 = Some(e.3.unwrap_or(0) + v);
-                    }
-                }
-                let keys: ArrayRef = Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.0)));
-                let mask: ArrayRef = Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.1))));
-                let all: ArrayRef = Arc::new(BooleanArray::from(vec![true; rows.len()]));
-                let ints: ArrayRef = Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.2)));
-                let floats: ArrayRef = Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.2.map(|v| v as f64))));
-                let args = [
-                    all.clone(),
-                    mask,
-                    ints.clone(),
-                    all.clone(),
-                    ints,
-                    all.clone(),
-                    floats,
-                    all,
-                ];
-                acc.update_batch(&[vec![keys], args.to_vec()].concat()).unwrap();
-            }
-            partials.push(acc.state().unwrap()[0].to_array().unwrap());
-        }
-        let mut whole = d.slots();
-        let merged = datafusion::arrow::compute::concat(&[partials[0].as_ref(), partials[1].as_ref()]).unwrap();
-        whole.merge_batch(&[merged]).unwrap();
-        let ScalarValue::List(list) = whole.evaluate().unwrap() else {
-            panic!("a list")
-        };
-        let item = list.value(0);
-        let got = item.as_struct();
-        let text = |c: usize, i: usize| {
-            datafusion::arrow::util::display::array_value_to_string(got.column(c), i).unwrap_or_default()
-        };
-        let keys = got.column(0).as_primitive::<Int64Type>();
-        assert_eq!(keys.values().to_vec(), expected.keys().copied().collect::<Vec<_>>());
-        for (i, (_, (rows, masked, values, sum))) in expected.iter().enumerate() {
-            let sum = sum.map(|s| s.to_string()).unwrap_or_default();
-            let float = sum.parse::<f64>().map(|s| format!("{s:.1}")).unwrap_or_default();
-            assert_eq!(
-                (1..6).map(|c| text(c, i)).collect::<Vec<_>>(),
-                vec![rows.to_string(), masked.to_string(), values.to_string(), sum, float],
-                "key {}",
-                keys.value(i)
+        for group_bits in [0, 6] {
+            let d = Dense::new(
+                DataType::Int64,
+                group_bits,
+                vec![Kind::Count, Kind::Count, Kind::Count, Kind::SumInt, Kind::SumFloat],
+                vec![true, true, false, false, false],
             );
+            // Row i of a batch: its key (three stretches apart, 37 keys each), mask, value.
+            let row = |b: usize, i: usize| {
+                let x = (i * 7919 + i * i * 31 + b) % 41;
+                // Odd batches have null keys.
+                let null = !b.is_multiple_of(2) && (x >= 37 || i.is_multiple_of(13));
+                let base = match i {
+                    0..300 => -3000,
+                    300..700 => 1000,
+                    _ => 4000,
+                };
+                let key = (!null).then_some(base + (x % 37) as i64);
+                let value = (!i.is_multiple_of(5)).then_some(i as i64 - 300);
+                (key, !i.is_multiple_of(3), value)
+            };
+            let mut expected: BTreeMap<i64, (i64, i64, i64, Option<i64>)> = BTreeMap::new();
+            let mut partials = Vec::new();
+            for part in 0..2 {
+                let mut acc = d.slots();
+                for b in [2 * part, 2 * part + 1] {
+                    let rows: Vec<_> = (0..1000).map(|i| row(b, i)).collect();
+                    for &(key, mask, value) in &rows {
+                        let Some(k) = key else { continue };
+                        let e = expected.entry(k).or_default();
+                        e.0 += 1;
+                        e.1 += mask as i64;
+                        e.2 += value.is_some() as i64;
+                        if let Some(v) = value {
+                            e.3 = Some(e.3.unwrap_or(0) + v);
+                        }
+                    }
+                    let keys: ArrayRef = Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.0)));
+                    let mask: ArrayRef = Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.1))));
+                    let all: ArrayRef = Arc::new(BooleanArray::from(vec![true; rows.len()]));
+                    let ints: ArrayRef = Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.2)));
+                    let floats: ArrayRef =
+                        Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.2.map(|v| v as f64))));
+                    let args = [
+                        all.clone(),
+                        mask,
+                        ints.clone(),
+                        all.clone(),
+                        ints,
+                        all.clone(),
+                        floats,
+                        all,
+                    ];
+                    acc.update_batch(&[vec![keys], args.to_vec()].concat()).unwrap();
+                }
+                partials.push(acc.state().unwrap()[0].to_array().unwrap());
+            }
+            let mut whole = d.slots();
+            let merged = datafusion::arrow::compute::concat(&[partials[0].as_ref(), partials[1].as_ref()]).unwrap();
+            whole.merge_batch(&[merged]).unwrap();
+            let ScalarValue::List(list) = whole.evaluate().unwrap() else {
+                panic!("a list")
+            };
+            let item = list.value(0);
+            let got = item.as_struct();
+            let text = |c: usize, i: usize| {
+                datafusion::arrow::util::display::array_value_to_string(got.column(c), i).unwrap_or_default()
+            };
+            let keys = got.column(0).as_primitive::<Int64Type>();
+            let want: Vec<i64> = expected.keys().copied().collect();
+            assert_eq!(keys.values().to_vec(), want, "group bits {group_bits}");
+            for (i, (_, (rows, masked, values, sum))) in expected.iter().enumerate() {
+                let sum = sum.map(|s| s.to_string()).unwrap_or_default();
+                let float = sum.parse::<f64>().map(|s| format!("{s:.1}")).unwrap_or_default();
+                assert_eq!(
+                    (1..6).map(|c| text(c, i)).collect::<Vec<_>>(),
+                    vec![rows.to_string(), masked.to_string(), values.to_string(), sum, float],
+                    "key {}, group bits {group_bits}",
+                    keys.value(i)
+                );
+            }
         }
     }
 
     /// A count of rows has only a mask: a row counts when it has a key and its mask is true.
     #[test]
     fn counts_of_rows_take_a_mask_only() {
-        let d = Dense::new(DataType::Date32, vec![Kind::Count, Kind::SumInt], vec![true, false]);
+        let d = Dense::new(DataType::Date32, 0, vec![Kind::Count, Kind::SumInt], vec![true, false]);
         let mut acc = d.slots();
         let keys = date32(vec![Some(1), Some(1), None, Some(2)]);
         let mask: ArrayRef = Arc::new(BooleanArray::from(vec![true, false, true, true]));

@@ -636,7 +636,7 @@ fn scan_plan(
                 builder = rows(&dictionary)?;
             }
             let dense = match (&by_period, &regroup) {
-                (Some(key), Regroup::None) => dense_aggregate(builder.clone(), key.clone(), PERIOD, &aggs)?,
+                (Some(key), Regroup::None) => dense_aggregate(builder.clone(), (key.clone(), 0), PERIOD, &aggs)?,
                 _ => None,
             };
             match (regroup, dense) {
@@ -762,7 +762,7 @@ fn windowed(
     if measures.iter().all(|&m| model.measures[m].agg.reaggregatable()) {
         let split = two_phase(model, measures, FilterIn::First);
         let dense = match dims.is_empty() {
-            true => dense_aggregate(builder.clone(), day.clone(), "__day", &split.first)?,
+            true => dense_aggregate(builder.clone(), (day.clone(), 0), "__day", &split.first)?,
             false => None,
         };
         let b = match dense {
@@ -1169,11 +1169,12 @@ fn two_phase(model: &Model, measures: &[MeasureId], filter_in: FilterIn) -> TwoP
 }
 
 /// `builder.aggregate([key AS name], aggs)` when every aggregate is a count or a sum (with
-/// or without a filter) of a type [`dense`] adds up: one pass into slots per day instead
-/// of a hash table, then a row per key seen, as the aggregate would give. `None` otherwise.
+/// or without a filter) of a type [`dense`] adds up: one pass into slots per day (and
+/// group, in the key's low `group_bits`) instead of a hash table, then a row per key seen,
+/// as the aggregate would give. `None` otherwise.
 fn dense_aggregate(
     builder: LogicalPlanBuilder,
-    key: Expr,
+    (key, group_bits): (Expr, u32),
     name: &str,
     aggs: &[Expr],
 ) -> Result<Option<LogicalPlanBuilder>> {
@@ -1208,7 +1209,7 @@ fn dense_aggregate(
         names.push(alias.name.clone());
     }
     let key_type = datafusion::logical_expr::ExprSchemable::get_type(&args[0], &schema).map_err(internal)?;
-    let Some(dense) = dense::dense(&key_type, kinds, rows, args) else {
+    let Some(dense) = dense::dense(&key_type, group_bits, kinds, rows, args) else {
         return Ok(None);
     };
     let list = "__dense";
