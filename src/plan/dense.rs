@@ -71,10 +71,10 @@ pub fn value_field(i: usize) -> String {
     format!("v{i}")
 }
 
-/// `tally_dense(key, value, mask, ...)`: after the key (of type `key`: Date32 or Int64), per
-/// aggregate its value and its mask, or only its mask for a count of rows (`rows`: a
-/// literal value would be made into an array for every batch). `None` for a key of
-/// another type.
+/// `tally_dense(key, value, mask, ...)`: after the key (of type `key`: a Date32, or an
+/// Int64 of a day and, in its low `group_bits`, a group), per aggregate its value and its
+/// mask, or only its mask for a count of rows (`rows`: a literal value would be made into an
+/// array for every batch). `None` for a key of another type, or too many group bits.
 pub fn dense(key: &DataType, group_bits: u32, kinds: Vec<Kind>, rows: Vec<bool>, args: Vec<Expr>) -> Option<Expr> {
     let valid = match key {
         DataType::Date32 => group_bits == 0,
@@ -84,7 +84,8 @@ pub fn dense(key: &DataType, group_bits: u32, kinds: Vec<Kind>, rows: Vec<bool>,
     valid.then(|| AggregateUDF::from(Dense::new(key.clone(), group_bits, kinds, rows)).call(args))
 }
 
-/// Blocks of more groups than 2 to this would be mostly empty slots.
+/// More group bits than this would give each day met a block of mostly empty slots (here
+/// 256 slots a day).
 pub const MAX_GROUP_BITS: u32 = 8;
 
 #[derive(Debug, PartialEq, Eq, Hash)]
