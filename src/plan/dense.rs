@@ -298,43 +298,36 @@ fn runs<T: Copy + Plus>(
     }
 }
 
-/// Calls `add` for each row that `take` keeps (every row when it is `None`), with its key
-/// and value: for keys that change from row to row, where looking for runs costs a
-/// mispredicted branch per row.
-#[inline]
-fn each<T>(take: &Option<NullBuffer>, keys: &[i64], value: impl Fn(usize) -> T, mut add: impl FnMut(i64, T)) {
-    match take {
-        None => (0..keys.len()).for_each(|i| add(keys[i], value(i))),
-        Some(t) => t.valid_indices().for_each(|i| add(keys[i], value(i))),
-    }
-}
-
-/// [`runs`] when keys come in runs, else [`each`].
-#[inline]
-fn by_key<T: Copy + Plus>(
+/// The rows of a batch that an aggregate adds: their keys, the rows that count (`take`:
+/// every row when it is `None`), and whether the keys come in runs.
+struct Rows<'a> {
+    keys: &'a [i64],
+    take: Option<NullBuffer>,
     in_runs: bool,
-    take: &Option<NullBuffer>,
-    keys: &[i64],
-    value: impl Fn(usize) -> T,
-    add: impl FnMut(i64, T),
-) {
-    match in_runs {
-        true => runs(take, keys, value, add),
-        false => each(take, keys, value, add),
+}
+
+impl Rows<'_> {
+    /// Calls `add` with a key and the `value`s of its rows: once per run of equal keys (see
+    /// [`runs`]), or, for keys that change from row to row (where looking for runs costs a
+    /// mispredicted branch per row), once per row.
+    #[inline]
+    fn by_key<T: Copy + Plus>(&self, value: impl Fn(usize) -> T, mut add: impl FnMut(i64, T)) {
+        let keys = self.keys;
+        match (self.in_runs, &self.take) {
+            (true, take) => runs(take, keys, value, add),
+            (false, None) => (0..keys.len()).for_each(|i| add(keys[i], value(i))),
+            (false, Some(t)) => t.valid_indices().for_each(|i| add(keys[i], value(i))),
+        }
     }
 }
 
-/// Adds the values of the rows `take` keeps into their keys' slots: over runs of equal keys
-/// (or row by row when keys are not `in_runs`), or, when every row of a run counts (`whole`:
-/// no mask, no null), each run in one loop.
-#[allow(clippy::too_many_arguments)]
+/// Adds the values of the rows that count into their keys' slots (see [`Rows::by_key`]),
+/// or, when every row of a run counts (`whole`: no mask, no null), each run in one loop.
 fn add_sums<T: Copy + Plus>(
     x: &[T],
     v: &mut [T],
     seen: &mut [bool],
-    take: &Option<NullBuffer>,
-    keys: &[i64],
-    in_runs: bool,
+    rows: &Rows,
     whole: Option<&Vec<(i64, usize, usize)>>,
     slot: impl Fn(i64) -> usize,
 ) {
@@ -353,7 +346,7 @@ fn add_sums<T: Copy + Plus>(
                 add(key, total);
             }
         }
-        None => by_key(in_runs, take, keys, |i| x[i], add),
+        None => rows.by_key(|i| x[i], add),
     }
 }
 
@@ -388,10 +381,8 @@ impl Plus for () {
 /// dense range.
 const MAX_DAYS: i64 = 1 << 20;
 
-/// Keys come in runs when a batch has fewer runs of equal keys than its rows over this.
-const RUN_LENGTH: usize = 4;
-
-/// Keys out of runs are counted per key in a batch when they are less than this apart.
+/// Keys of a day and a group are counted per key in a batch when their slots are less than
+/// this apart.
 const MAX_SPREAD: i64 = 1 << 16;
 
 /// The number of rows per key from `min` to `min + spread - 1`. Four counters per key,
@@ -553,12 +544,12 @@ impl Slots {
             Index::Sparse { slots, .. } => slots[&day],
             Index::Blocks { .. } => day as usize,
         };
-        let changes = k.windows(2).map(|w| (w[0] != w[1]) as usize).sum::<usize>();
-        let in_runs = changes * RUN_LENGTH < k.len();
-        // Keys out of runs, all there, in dense slots: the rows per key, counted once for
-        // the counts of rows and for the keys present.
+        // Days come in runs (rows in time order); the groups of a day change from row to row.
+        let in_runs = !matches!(index, Index::Blocks { .. });
+        // Keys of a day and a group, all there: the rows per key, counted once for the
+        // counts of rows and for the keys present.
         let rows_per_key = match index {
-            Index::Dense { .. } | Index::Blocks { .. } if !in_runs && key_nulls.is_none() && max - min < MAX_SPREAD => {
+            Index::Blocks { .. } if key_nulls.is_none() && max - min < MAX_SPREAD => {
                 Some(rows_per_key(k, min, (max - min + 1) as usize))
             }
             _ => None,
@@ -571,13 +562,14 @@ impl Slots {
                     *p |= n > 0;
                 }
             }
-            None => by_key(
-                in_runs,
-                &key_nulls.cloned(),
-                k,
-                |_| (),
-                |key, _| present[slot(key)] = true,
-            ),
+            None => {
+                let keyed = Rows {
+                    keys: k,
+                    take: key_nulls.cloned(),
+                    in_runs,
+                };
+                keyed.by_key(|_| (), |key, _| present[slot(key)] = true)
+            }
         }
         // Runs of equal keys (when no key is null): counts of rows and of mask bits per run
         // need no pass over the rows.
@@ -607,6 +599,9 @@ impl Slots {
                 None => nulls.clone(),
             };
             let whole_runs = key_runs.as_ref().filter(|_| value.nulls().is_none());
+            // Runs whose every row's value is added.
+            let whole_sums = whole_runs.filter(|_| bits.is_none());
+            let rows = Rows { keys: k, take, in_runs };
             let Sums { values: slots, seen } = sums;
             match (kind, slots) {
                 // A count of rows with keys and values: each run's length, or the number of
@@ -633,49 +628,22 @@ impl Slots {
                 (Kind::Count, Values::Int(v)) if mask.is_none() => {
                     // Merged partial counts.
                     let x = value.as_primitive::<Int64Type>().values();
-                    by_key(in_runs, &take, k, |i| x[i], |key, n| v[slot(key)] += n);
+                    rows.by_key(|i| x[i], |key, n| v[slot(key)] += n);
                 }
-                (Kind::Count, Values::Int(v)) => by_key(in_runs, &take, k, |_| 1i64, |key, n| v[slot(key)] += n),
+                (Kind::Count, Values::Int(v)) => rows.by_key(|_| 1i64, |key, n| v[slot(key)] += n),
                 (Kind::SumInt, Values::Int(v)) => {
                     let x = cast(value, &DataType::Int64)?;
                     let x = x.as_primitive::<Int64Type>().values();
-                    add_sums(
-                        x,
-                        v,
-                        seen,
-                        &take,
-                        k,
-                        in_runs,
-                        whole_runs.filter(|_| bits.is_none()),
-                        slot,
-                    );
+                    add_sums(x, v, seen, &rows, whole_sums, slot);
                 }
                 (Kind::SumFloat, Values::Float(v)) => {
                     let x = cast(value, &DataType::Float64)?;
                     let x = x.as_primitive::<Float64Type>().values();
-                    add_sums(
-                        x,
-                        v,
-                        seen,
-                        &take,
-                        k,
-                        in_runs,
-                        whole_runs.filter(|_| bits.is_none()),
-                        slot,
-                    );
+                    add_sums(x, v, seen, &rows, whole_sums, slot);
                 }
                 (Kind::SumDecimal(..), Values::Decimal(v)) => {
                     let x = value.as_primitive::<Decimal128Type>().values();
-                    add_sums(
-                        x,
-                        v,
-                        seen,
-                        &take,
-                        k,
-                        in_runs,
-                        whole_runs.filter(|_| bits.is_none()),
-                        slot,
-                    );
+                    add_sums(x, v, seen, &rows, whole_sums, slot);
                 }
                 _ => return exec_err!("tally_dense: slots of another kind"),
             }
@@ -939,9 +907,9 @@ mod tests {
     }
 
     /// Int64 keys that change from row to row, in batches with and without null keys, in
-    /// two partial states merged: the counts and sums a table per key gives, with a slot per
-    /// key from the least to the greatest, and in blocks per day of keys of a day and a group
-    /// (64 groups, days before 1970 too).
+    /// two partial states merged: the counts and sums a table per key gives, as keys with a
+    /// slot each from the least to the greatest (added over runs), and as keys of a day and
+    /// a group in blocks per day (64 groups, days before 1970 too; added row by row).
     #[test]
     fn keys_out_of_runs_add_up_row_by_row() {
         use std::collections::BTreeMap;
