@@ -177,6 +177,14 @@ struct Canonical {
     first: Vec<u32>,
 }
 
+impl Canonical {
+    /// The bits that hold the numbers (one at least: in a key of [`Classes::keyed`], no
+    /// bits would be a key of days alone).
+    fn bits(&self) -> u32 {
+        bits_for(self.first.len() as u32 - 1).max(1)
+    }
+}
+
 /// Classes of more bits than this are not made canonical: a table of 2¹⁶ entries is
 /// 256 KiB, and its making evaluates every filter on every entry.
 const CANONICAL_BITS: u32 = 16;
@@ -501,19 +509,16 @@ impl Classes {
         Some((self.pack(model, Some(period), Packing::Keyed), bits))
     }
 
-    /// The bits that number the canonical classes in a key of [`Classes::keyed`] (one at
-    /// least: no bits is a key of days alone).
+    /// The bits that number the canonical classes in a key of [`Classes::keyed`], when
+    /// there are few enough of them.
     fn group_bits(&self) -> Option<u32> {
-        let count = self.canonical.as_ref()?.first.len() as u32;
-        Some(bits_for(count - 1).max(1)).filter(|&b| b <= super::dense::MAX_GROUP_BITS)
+        Some(self.canonical.as_ref()?.bits()).filter(|&b| b <= super::dense::MAX_GROUP_BITS)
     }
 
     /// The packed period and classes of a key of [`Classes::keyed`].
     pub fn unkey(&self, key: Expr) -> Expr {
-        let canonical = self.canonical.clone().expect("keyed classes are canonical");
         let unkey = Unkey {
-            canonical,
-            bits: self.group_bits().expect("keyed classes"),
+            canonical: self.canonical.clone().expect("keyed classes are canonical"),
             signature: Signature::any(1, Volatility::Immutable),
         };
         ScalarUDF::from(unkey).call(vec![key])
@@ -628,6 +633,11 @@ impl Classes {
 
 /// Added to a period's days (an i32) to pack them as an unsigned number (0: no period).
 const PERIOD_OFFSET: i64 = 1 << 31;
+
+/// A period's days in the upper 32 bits of packed classes (read back by [`Classes::period`]).
+fn packed_period(days: i64) -> u64 {
+    ((days + PERIOD_OFFSET) as u64) << 32
+}
 
 /// The number of sorted keys below `v`: a binary search without branches (values of a
 /// column are in no order, so a branch per step would be mispredicted half the time).
@@ -776,8 +786,8 @@ enum Packing {
     Classes,
     /// The first argument, a period (Date32), above the classes (UInt64).
     Period,
-    /// The period's days times the number of canonical classes, plus the row's (Int64; null
-    /// without a period): see [`Classes::keyed`].
+    /// The period's days with the number of the row's canonical classes in the low bits
+    /// (Int64; null without a period): see [`Classes::keyed`].
     Keyed,
 }
 
@@ -836,7 +846,7 @@ impl ScalarUDFImpl for Packer {
         let canonical = self.classes.canonical.as_deref();
         match (self.packing, days, canonical) {
             (Packing::Keyed, Some(days), Some(c)) => {
-                let bits = self.classes.group_bits().expect("keyed classes");
+                let bits = c.bits();
                 let keys = days.values().iter().zip(&packed);
                 let keys = keys.map(|(&d, &p)| (d as i64) << bits | c.number[p as usize] as i64);
                 let keys = Int64Array::new(keys.collect(), days.nulls().cloned());
@@ -852,7 +862,7 @@ impl ScalarUDFImpl for Packer {
             for (i, (p, &d)) in packed.iter_mut().zip(days.values().iter()).enumerate() {
                 // 0 stands for a row without a period (no time).
                 if days.is_valid(i) {
-                    *p |= ((d as i64 + PERIOD_OFFSET) as u64) << 32;
+                    *p |= packed_period(d as i64);
                 }
             }
         }
@@ -864,8 +874,6 @@ impl ScalarUDFImpl for Packer {
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Unkey {
     canonical: Arc<Canonical>,
-    /// The key's bits that number the classes.
-    bits: u32,
     signature: Signature,
 }
 
@@ -887,11 +895,10 @@ impl ScalarUDFImpl for Unkey {
         let Some(keys) = keys.as_primitive_opt::<Int64Type>() else {
             return exec_err!("tally_unkey: a key of type Int64 was expected");
         };
-        let group = (1i64 << self.bits) - 1;
-        let packed = keys.unary::<_, UInt64Type>(|k| {
-            let (days, number) = (k >> self.bits, k & group);
-            ((days + PERIOD_OFFSET) as u64) << 32 | self.canonical.first[number as usize] as u64
-        });
+        let bits = self.canonical.bits();
+        let group = (1i64 << bits) - 1;
+        let packed = keys
+            .unary::<_, UInt64Type>(|k| packed_period(k >> bits) | self.canonical.first[(k & group) as usize] as u64);
         Ok(ColumnarValue::Array(Arc::new(packed)))
     }
 }
