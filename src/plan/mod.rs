@@ -645,7 +645,7 @@ fn scan_plan(
                     let keys = names_of(&group);
                     let mut first = group;
                     first.extend(columns.iter().map(|(s, c)| column(model, *s, c)));
-                    pre_aggregated(model, builder, first, keys, &|f| row_expr(model, f), measures)?
+                    pre_aggregated(model, builder, first, None, keys, &|f| row_expr(model, f), measures)?
                 }
                 (_, Some(b)) => b.build().map_err(internal)?,
                 _ => builder
@@ -1514,54 +1514,27 @@ fn by_classes(
         let ty = datafusion::logical_expr::ExprSchemable::get_type(p, builder.schema());
         matches!(ty, Ok(DataType::Date32)) && classes.bits() <= 32
     });
-    if let Some(p) = &days
-        && let Some(plan) = by_keyed_classes(model, builder.clone(), p.clone(), classes, measures)?
-    {
-        return Ok(plan);
-    }
-    let (first, second) = match days {
-        Some(p) => (
-            vec![classes.packed(model, Some(p)).alias(CLASSES)],
-            vec![Classes::period(&packed).alias(PERIOD)],
-        ),
+    let (first, keyed, second) = match days {
+        Some(p) => {
+            let keyed = classes.keyed(model, p.clone()).map(|key| Keyed {
+                key,
+                unkey: classes.unkey(Expr::Column(Column::from_name(KEY))).alias(CLASSES),
+            });
+            let first = vec![classes.packed(model, Some(p)).alias(CLASSES)];
+            (first, keyed, vec![Classes::period(&packed).alias(PERIOD)])
+        }
         None => {
             let keys = names_of(&group);
             let mut first = group;
             first.push(classes.packed(model, None).alias(CLASSES));
-            (first, keys)
+            (first, None, keys)
         }
     };
-    pre_aggregated(model, builder, first, second, &filter, measures)
+    pre_aggregated(model, builder, first, keyed, second, &filter, measures)
 }
 
-/// [`by_classes`] by period alone over dense slots per [`Classes::keyed`] key, when the
-/// classes are canonical and every partial aggregate is a count or a sum.
-fn by_keyed_classes(
-    model: &Model,
-    builder: LogicalPlanBuilder,
-    period: Expr,
-    classes: &Classes,
-    measures: &[MeasureId],
-) -> Result<Option<LogicalPlan>> {
-    const KEY: &str = "__key";
-    let Some(key) = classes.keyed(model, period) else {
-        return Ok(None);
-    };
-    let packed = Expr::Column(Column::from_name(CLASSES));
-    let filter = |f: &RowExpr| classes.filter(f, &packed);
-    let split = two_phase(model, measures, FilterIn::Second(&filter));
-    let Some(dense) = dense_aggregate(builder, key, KEY, &split.first)? else {
-        return Ok(None);
-    };
-    let mut columns = vec![classes.unkey(Expr::Column(Column::from_name(KEY))).alias(CLASSES)];
-    columns.extend(names_of(&split.first));
-    let second = vec![Classes::period(&packed).alias(PERIOD)];
-    let b = dense
-        .project(columns)
-        .and_then(|b| b.aggregate(second, split.second))
-        .map_err(internal)?;
-    finish_averages(b, &[PERIOD.to_string()], measures, &split.averages).map(Some)
-}
+/// The name of a [`Keyed`] key.
+const KEY: &str = "__key";
 
 /// What a scan reads besides its measures' filters.
 #[derive(Clone, Copy)]
@@ -1623,23 +1596,40 @@ fn names_of(exprs: &[Expr]) -> Vec<Expr> {
         .collect()
 }
 
-/// Two aggregates: by `first` (period, breakdown and the filters' columns or classes),
-/// without filters; then by `second` (period and breakdown, named as the scan names them),
-/// each measure re-aggregated with its filter as `filter` writes it over the first's groups.
+/// The first aggregate of [`pre_aggregated`] in dense slots by a key of a day and a group
+/// ([`dense_aggregate`], named [`KEY`]), turned back by `unkey` into the column the first
+/// aggregate would have grouped by.
+struct Keyed {
+    key: (Expr, u32),
+    unkey: Expr,
+}
+
+/// Two aggregates: by `first` (period, breakdown and the filters' columns or classes), or
+/// `keyed` when every partial is a count or a sum, without filters; then by `second`
+/// (period and breakdown, named as the scan names them), each measure re-aggregated with
+/// its filter as `filter` writes it over the first's groups.
 fn pre_aggregated(
     model: &Model,
     builder: LogicalPlanBuilder,
     first: Vec<Expr>,
+    keyed: Option<Keyed>,
     second: Vec<Expr>,
     filter: &dyn Fn(&RowExpr) -> Expr,
     measures: &[MeasureId],
 ) -> Result<LogicalPlan> {
     let keys: Vec<String> = second.iter().map(|g| g.schema_name().to_string()).collect();
     let split = two_phase(model, measures, FilterIn::Second(filter));
-    let b = builder
-        .aggregate(first, split.first)
-        .and_then(|b| b.aggregate(second, split.second))
-        .map_err(internal)?;
+    let dense = match keyed {
+        Some(Keyed { key, unkey }) => dense_aggregate(builder.clone(), key, KEY, &split.first)?
+            .map(|dense| dense.project(std::iter::once(unkey).chain(names_of(&split.first)))),
+        None => None,
+    };
+    let b = match dense {
+        Some(dense) => dense,
+        None => builder.aggregate(first, split.first),
+    }
+    .and_then(|b| b.aggregate(second, split.second))
+    .map_err(internal)?;
     finish_averages(b, &keys, measures, &split.averages)
 }
 
