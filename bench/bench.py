@@ -11,7 +11,10 @@
 5. Reports: `tally run` on the bundled example; the size of `index.html` for 50 metrics over
    104 weeks with 5 breakdown values (goal: under 2 MB); `tally diff` on the bundled example.
 
-`ONLY=windows bench/run.sh` runs one part (check, kpis, filters, windows, report).
+6. Cumulative metrics over data with one row of year 1 among two recent years: by day for
+   90 and 730 days, next to the same data without that row (goal: the same cost) and DuckDB.
+
+`ONLY=windows bench/run.sh` runs one part (check, kpis, filters, windows, report, history).
 """
 
 import os
@@ -349,6 +352,44 @@ def windows(data, project):
               f"DuckDB {d:.3f} s, tally/DuckDB = {t / d:.2f} (in one process {t_in / d:.2f})")
 
 
+def history():
+    """One old row must not make cumulative windows pay for the empty years before the data."""
+    import datetime
+    import random
+    rng = random.Random(7)
+    start = datetime.date(2024, 1, 1)
+    rows = [f"{i},{start + datetime.timedelta(days=rng.randrange(731))},c{rng.randrange(5000)}"
+            for i in range(1, 200_001)]
+    con = duckdb.connect()
+    con.sql(f"SET threads = {THREADS}")
+    for old in [False, True]:
+        project = OUT / ("history-old" if old else "history")
+        shutil.rmtree(project, ignore_errors=True)
+        (project / "metrics").mkdir(parents=True)
+        lines = ["id,at,customer"] + (["0,0001-01-01,c0"] if old else []) + rows
+        (project / "events.csv").write_text("\n".join(lines) + "\n")
+        (project / "tally.yaml").write_text(f"threads: {THREADS}\n")
+        (project / "metrics" / "m.tally").write_text(
+            'source events { file: "events.csv" time: at key: id }\n'
+            "metric n = count(events)\nmetric cn = cumulative(n)\n"
+            "metric cd = cumulative(count_distinct(events.customer))\n")
+        for days in [90, 730]:
+            to = datetime.date(2025, 12, 31)
+            frm = to - datetime.timedelta(days=days - 1)
+            cmd = [TALLY, "query", "cn", "cd", "--by", "day", "--from", str(frm), "--to", str(to),
+                   "--format", "csv", "--project", project]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            sql = f"""WITH e AS (SELECT CAST(at AS DATE) AS d, customer FROM '{project}/events.csv'),
+                      firsts AS (SELECT min(d) AS d FROM e GROUP BY customer),
+                      spine AS (SELECT CAST(range AS DATE) AS d FROM range(DATE '{frm}', DATE '{to}' + 1, INTERVAL 1 DAY))
+                      SELECT s.d, (SELECT count(*) FROM e WHERE e.d <= s.d), (SELECT count(*) FROM firsts f WHERE f.d <= s.d)
+                      FROM spine s ORDER BY 1"""
+            t = median_time(cmd, 5)
+            d = median_call(lambda: con.sql(sql).fetchall(), 5)
+            what = "with a row of year 1" if old else "recent rows only"
+            print(f"cumulative count and distinct count by day, {days} days, {what}: tally {t:.3f} s, DuckDB {d:.3f} s")
+
+
 def main():
     if not TALLY.exists():
         sys.exit("build first: cargo build --release")
@@ -359,6 +400,8 @@ def main():
         thousand_metrics()
     if want("report"):
         reports()
+    if want("history"):
+        history()
     if only and not only & {"kpis", "filters", "windows"}:
         return
     data, project = big_project()

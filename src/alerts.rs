@@ -718,38 +718,74 @@ pub fn notifications(
     out
 }
 
-/// Posts notifications (JSON), each with a timeout and up to three attempts; returns those
-/// that could not be delivered, with why.
-pub fn deliver(notes: Vec<Notification>, timeout: std::time::Duration) -> Vec<(Notification, String)> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .build()
-        .into();
-    let mut failed = Vec::new();
-    for n in notes {
+/// How many notifications are posted at once.
+const DELIVERIES_AT_ONCE: usize = 4;
+
+/// Posts notifications (JSON), up to [`DELIVERIES_AT_ONCE`] at a time, each with up to three
+/// attempts of at most 10 s, all within one `deadline`; returns those that were not
+/// delivered, with why (those the deadline left unsent too).
+pub fn deliver(notes: Vec<Notification>, deadline: std::time::Duration) -> Vec<(Notification, String)> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+    let end = Instant::now() + deadline;
+    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+    let next = AtomicUsize::new(0);
+    let outcomes: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; notes.len()]);
+    let late = || {
+        format!(
+            "not delivered within the delivery deadline of {} s",
+            deadline.as_secs_f64()
+        )
+    };
+    let post = |n: &Notification| -> Option<String> {
         let body = serde_json::to_vec(&n.body).unwrap_or_default();
-        let mut error = String::new();
-        for attempt in 0..3 {
+        let mut error = late();
+        for attempt in 0..3u32 {
             if attempt > 0 {
-                std::thread::sleep(std::time::Duration::from_millis(200 * 4u64.pow(attempt - 1)));
-            }
-            match agent
-                .post(&n.url)
-                .header("Content-Type", "application/json")
-                .send(&body[..])
-            {
-                Ok(_) => {
-                    error.clear();
+                let pause = Duration::from_millis(200 * 4u64.pow(attempt - 1));
+                if Instant::now() + pause >= end {
                     break;
                 }
+                std::thread::sleep(pause);
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let request = agent
+                .post(&n.url)
+                .config()
+                .timeout_global(Some(left.min(Duration::from_secs(10))))
+                .build();
+            match request.header("Content-Type", "application/json").send(&body[..]) {
+                Ok(_) => return None,
                 Err(e) => error = e.to_string(),
             }
         }
-        if !error.is_empty() {
-            failed.push((n, error));
+        Some(error)
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..DELIVERIES_AT_ONCE.min(notes.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(n) = notes.get(i) else { break };
+                    let outcome = match Instant::now() < end {
+                        true => post(n),
+                        false => Some(late()),
+                    };
+                    outcomes.lock().unwrap_or_else(|e| e.into_inner())[i] = outcome;
+                }
+            });
         }
-    }
-    failed
+    });
+    let outcomes = outcomes.into_inner().unwrap_or_else(|e| e.into_inner());
+    notes
+        .into_iter()
+        .zip(outcomes)
+        .filter_map(|(n, why)| Some((n, why?)))
+        .collect()
 }
 
 /// A firing alert in the state file.

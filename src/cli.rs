@@ -45,6 +45,9 @@ pub struct Global {
     /// Where alerts post their changes of state (overrides tally.yaml).
     #[arg(long, global = true)]
     pub webhook: Option<String>,
+    /// How long alerts spend delivering notifications, e.g. 30s (overrides tally.yaml).
+    #[arg(long, global = true)]
+    pub webhook_deadline: Option<String>,
     /// DataFusion memory pool, e.g. 2GB (overrides tally.yaml).
     #[arg(long, global = true)]
     pub memory_limit: Option<String>,
@@ -486,6 +489,7 @@ fn overrides(g: &Global) -> SettingsFile {
         allow_paths: g.allow_paths.clone(),
         cache: g.cache.clone(),
         webhook: g.webhook.clone(),
+        webhook_deadline: g.webhook_deadline.clone(),
         memory_limit: g.memory_limit.clone(),
         time_zone: g.time_zone.clone(),
         week_start: g.week_start.clone(),
@@ -635,7 +639,7 @@ pub struct DiffArgs {
     #[arg(long, value_enum, default_value = "markdown")]
     format: DiffFormat,
     /// Exit with 1 when any number moves more than this many percent.
-    #[arg(long = "fail-over", value_name = "PCT")]
+    #[arg(long = "fail-over", value_name = "PCT", value_parser = percent)]
     fail_over: Option<f64>,
 }
 
@@ -712,6 +716,9 @@ async fn diff(g: &Global, args: DiffArgs, color: bool) -> Outcome {
         (Ok(f), Ok(a)) => (f, a.unwrap_or_else(|| today(&calendar))),
         (Err(d), _) | (_, Err(d)) => return fail(d),
     };
+    if let Err(d) = ordered(from, Some(as_of), "--as-of") {
+        return fail(d);
+    }
     let options = tally::diff::Options {
         grain,
         dimensions: args
@@ -895,6 +902,23 @@ fn grain(by: Option<&str>) -> Result<Option<Grain>, Diagnostic> {
     .transpose()
 }
 
+/// A percentage of at least 0.
+fn percent(text: &str) -> Result<f64, String> {
+    match text.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if p.is_finite() && p >= 0.0 => Ok(p),
+        _ => Err(format!("`{text}` is not a percentage of 0 or more")),
+    }
+}
+
+/// A range's first day may not be after its last.
+fn ordered(from: Option<chrono::NaiveDate>, to: Option<chrono::NaiveDate>, to_flag: &str) -> Result<(), Diagnostic> {
+    match (from, to) {
+        (Some(f), Some(t)) if f > t => Err(usage(format!("--from {f} is after {to_flag} {t}"))
+            .note("the range runs from its first day to its last: swap the days, or move one")),
+        _ => Ok(()),
+    }
+}
+
 /// `2026-03-15`, or `2026-03` (its first day, or its last day when `end`).
 fn date_arg(text: Option<&str>, end: bool, flag: &str) -> Result<Option<chrono::NaiveDate>, Diagnostic> {
     let Some(t) = text else { return Ok(None) };
@@ -947,13 +971,22 @@ fn query_of(l: &mut Loaded, args: &QueryArgs) -> Result<Query, Diagnostic> {
             (Some(f), Some(t))
         }
         None => {
+            let from = date_arg(args.from.as_deref(), false, "--from")?;
             let to = date_arg(args.to.as_deref(), true, "--to")?;
+            ordered(from, to, "--to")?;
             // As of a day: no later row is read.
             let to = match (to, as_of) {
-                (Some(t), Some(a)) => Some(t.min(a)),
-                (t, a) => t.or(a),
+                (Some(t), Some(a)) if a < t => {
+                    ordered(from, Some(a), "--as-of")?;
+                    Some(a)
+                }
+                (Some(t), _) => Some(t),
+                (None, a) => {
+                    ordered(from, a, "--as-of")?;
+                    a
+                }
             };
-            (date_arg(args.from.as_deref(), false, "--from")?, to)
+            (from, to)
         }
     };
     Ok(Query {
@@ -1105,7 +1138,7 @@ async fn alerts(
         &changes,
         as_of,
     ));
-    let failed = tally::alerts::deliver(notes, std::time::Duration::from_secs(10));
+    let failed = tally::alerts::deliver(notes, settings.webhook_deadline);
     for (n, why) in &failed {
         let keep = if no_state {
             ""
@@ -1195,18 +1228,18 @@ async fn alerts(
                     let c = change_of(&r.key());
                     m.push_str(&format!(
                         "| {} | {} | {} | {} | {} |\n",
-                        r.key().replace('|', "\\|"),
+                        output::markdown_cell(&r.key()),
                         r.firing.map(|s| s.name()).unwrap_or(""),
                         c.map(|c| c.0.name()).unwrap_or(""),
                         c.map(|c| c.1.to_string()).unwrap_or_default(),
-                        r.message.replace('|', "\\|").replace('\n', " ")
+                        output::markdown_cell(&r.message)
                     ));
                 }
             }
             for c in &resolved {
                 m.push_str(&format!(
                     "\nResolved: {} (firing since {})\n",
-                    c.0.replace('|', "\\|"),
+                    output::markdown_cell(&c.0),
                     c.2
                 ));
             }
@@ -1223,11 +1256,11 @@ async fn alerts(
                 let span = l.model.alerts[r.alert].span;
                 let source = files.get(span.file);
                 let (line, col) = source.line_col(span.start as usize);
-                let file = source.name.replace('%', "%25").replace(',', "%2C").replace(':', "%3A");
-                let data = r.message.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A");
                 g.push_str(&format!(
-                    "::{level} file={file},line={line},col={col},title=alert {}::{data}\n",
-                    r.name
+                    "::{level} file={},line={line},col={col},title={}::{}\n",
+                    diagnostic::escape_property(&source.name),
+                    diagnostic::escape_property(&format!("alert {}", r.key())),
+                    diagnostic::escape_data(&r.message)
                 ));
             }
             g
@@ -1345,7 +1378,11 @@ async fn test(g: &Global, format: TestFormat, color: bool) -> Outcome {
 
 async fn backtest(l: &Loaded, from: Option<&str>, to: Option<&str>, format: AlertFormat, color: bool) -> Outcome {
     let files = &l.project.files;
-    let range = date_arg(from, false, "--from").and_then(|f| Ok((f, date_arg(to, true, "--to")?)));
+    let range = date_arg(from, false, "--from").and_then(|f| {
+        let t = date_arg(to, true, "--to")?;
+        ordered(f, t, "--to")?;
+        Ok((f, t))
+    });
     let (from, to) = match range {
         Ok((Some(f), Some(t))) if f <= t => (f, t),
         Ok(_) => return Outcome::diagnostics(files, &[usage("a backtest needs --from before --to")], color),
@@ -1389,15 +1426,22 @@ async fn backtest(l: &Loaded, from: Option<&str>, to: Option<&str>, format: Aler
             .max()
             .unwrap_or(5)
             .max(5);
+        // Padded by hand: the formatter's widths stop at 65,535.
+        let padded = |n: &str| format!("{n}{}", " ".repeat(width - n.chars().count()));
         h.push_str(&format!(
-            "  {:<width$}  {:>7}  {:>6}  {:>8}  {:>11}  {:>5}\n",
-            "alert", "periods", "fired", "episodes", "avg. length", "flaps"
+            "  {}  {:>7}  {:>6}  {:>8}  {:>11}  {:>5}\n",
+            padded("alert"),
+            "periods",
+            "fired",
+            "episodes",
+            "avg. length",
+            "flaps"
         ));
         for r in &results {
             let per = l.model.alerts[r.alert].grain.name();
             h.push_str(&format!(
-                "  {:<width$}  {:>7}  {:>6}  {:>8}  {:>11}  {:>5}\n",
-                name(r),
+                "  {}  {:>7}  {:>6}  {:>8}  {:>11}  {:>5}\n",
+                padded(&name(r)),
                 format!("{} {per}s", r.periods).trim_start(),
                 r.firing,
                 r.episodes,

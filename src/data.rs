@@ -135,16 +135,10 @@ impl SourceData {
         })
     }
 
-    /// The files a listing of the source reads.
-    fn files(&self) -> Vec<PathBuf> {
-        let mut files = Vec::new();
-        list_files(&self.base(), &mut files);
-        let extension = &self.options.file_extension;
-        files.retain(|f| {
-            let located = ObjectPath::from_filesystem_path(f);
-            located.is_ok_and(|l| self.url.contains(&l, false)) && f.to_string_lossy().ends_with(extension.as_str())
-        });
-        files
+    /// The files a listing of the source reads, as DataFusion lists them: by the path they
+    /// are reached on (links not resolved), in name order.
+    pub fn files(&self) -> Vec<PathBuf> {
+        listed(&self.base(), &self.url, &self.options.file_extension)
     }
 }
 
@@ -203,7 +197,7 @@ impl Dictionaries {
                 None => here,
                 Some(c) => c.into_iter().filter(|x| here.contains(x)).collect(),
             });
-            out.push((ObjectPath::from_filesystem_path(f).ok()?, schema));
+            out.push((ObjectPath::from_absolute_path(f).ok()?, schema));
         }
         Some(Dictionaries {
             columns: columns?,
@@ -297,9 +291,7 @@ impl FileFormat for HintedParquet {
 impl SourceData {
     /// The total size of the files a source reads, in bytes.
     pub fn size(&self) -> u64 {
-        let mut files = Vec::new();
-        list_files(&self.base(), &mut files);
-        files
+        self.files()
             .iter()
             .filter_map(|f| std::fs::metadata(f).ok())
             .map(|m| m.len())
@@ -308,15 +300,18 @@ impl SourceData {
 
     /// The file or folder a source reads; for a glob, the folder it starts from.
     fn base(&self) -> PathBuf {
-        let text = self.path.to_string_lossy();
+        Self::base_of(&self.path)
+    }
+
+    fn base_of(path: &Path) -> PathBuf {
+        let text = path.to_string_lossy();
         if is_glob(&text) {
-            self.path
-                .ancestors()
+            path.ancestors()
                 .find(|p| !is_glob(&p.to_string_lossy()))
-                .unwrap_or(&self.path)
+                .unwrap_or(path)
                 .to_path_buf()
         } else {
-            self.path.clone()
+            path.to_path_buf()
         }
     }
 
@@ -324,12 +319,8 @@ impl SourceData {
     /// It changes whenever a file is added, removed or rewritten.
     pub fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
-        let mut files = Vec::new();
-        // For a glob, every file of the folder it starts from: a superset of its matches.
-        list_files(&self.base(), &mut files);
-        files.sort();
         let mut hash = Sha256::new();
-        for f in files {
+        for f in self.files() {
             let meta = std::fs::metadata(&f).ok();
             let size = meta.as_ref().map(|m| m.len()).unwrap_or(0);
             let modified = meta
@@ -349,11 +340,8 @@ impl SourceData {
     pub fn content_hash(&self) -> String {
         use sha2::{Digest, Sha256};
         let base = self.base();
-        let mut files = Vec::new();
-        list_files(&base, &mut files);
-        files.sort();
         let mut hash = Sha256::new();
-        for f in files {
+        for f in self.files() {
             let name = f.strip_prefix(&base).unwrap_or(&f).display().to_string();
             hash.update(format!("{name}\0").as_bytes());
             if let Ok(bytes) = std::fs::read(&f) {
@@ -364,13 +352,82 @@ impl SourceData {
     }
 }
 
-fn list_files(p: &Path, out: &mut Vec<PathBuf>) {
-    if p.is_file() {
-        out.push(p.to_path_buf());
-    } else if let Ok(entries) = std::fs::read_dir(p) {
-        for e in entries.flatten() {
-            list_files(&e.path(), out);
+/// The files under `base` (itself, when it is a file) that a listing of `url` reads, by the
+/// path they are reached on: links are followed as DataFusion's listing follows them
+/// (broken ones skipped), each folder entered once however many links lead to it.
+fn listed(base: &Path, url: &ListingTableUrl, extension: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut entered = std::collections::HashSet::new();
+    let mut folders = vec![base.to_path_buf()];
+    if base.is_file() {
+        out.push(base.to_path_buf());
+        folders.clear();
+    }
+    while let Some(folder) = folders.pop() {
+        if !std::fs::canonicalize(&folder).is_ok_and(|real| entered.insert(real)) {
+            continue;
         }
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_dir() => folders.push(path),
+                Ok(_) => out.push(path),
+                Err(_) => {}
+            }
+        }
+    }
+    out.retain(|f| {
+        let located = std::path::absolute(f)
+            .ok()
+            .and_then(|a| ObjectPath::from_absolute_path(a).ok());
+        // A file named directly is read whatever its name; DataFusion's listing skips the
+        // subfolders of a folder that are not Hive partitions.
+        f == base || (located.is_some_and(|l| url.contains(&l, true)) && f.to_string_lossy().ends_with(extension))
+    });
+    out.sort();
+    out
+}
+
+/// Every file a source reads must be under the data root or a folder of `allow_paths` once
+/// links are resolved; nothing of a source is read when one is not.
+fn refuse_escapes(settings: &Settings, files: &[PathBuf], source: &str, span: Span) -> Result<(), Diagnostic> {
+    for f in files {
+        let real = std::fs::canonicalize(f).ok();
+        if real.as_ref().is_some_and(|r| allowed_real(settings, r)) {
+            continue;
+        }
+        let shown = settings.display(f);
+        let mut d = Diagnostic::error(
+            "E0402",
+            format!("source `{source}` reads `{shown}`, which leads outside the project's data root"),
+        )
+        .at(span, "reaches a file outside the data root")
+        .file(shown);
+        if let Some(r) = real {
+            d = d.note(format!(
+                "`{}` resolves to `{}` through a symbolic link",
+                settings.display(f),
+                r.display()
+            ));
+        }
+        return Err(d
+            .note("nothing of this source was read")
+            .note(data_root_note(settings))
+            .note(ALLOW_PATHS));
+    }
+    Ok(())
+}
+
+const ALLOW_PATHS: &str =
+    "sources may read only files under the data root; list other folders under `allow_paths` in tally.yaml";
+
+fn data_root_note(settings: &Settings) -> String {
+    match settings.display(&settings.data).as_str() {
+        "" | "." => "data root: the project folder".to_string(),
+        d => format!("data root: {d}"),
     }
 }
 
@@ -413,10 +470,12 @@ pub fn resolve_path(settings: &Settings, written: &str, span: Span) -> Result<Pa
     // Symbolic links must not lead out either: check the real path of the part that exists.
     let real = real_prefix(&normal);
     if !allowed(&normal) || !real.as_ref().is_none_or(|r| allowed_real(settings, r)) {
-        return Err(Diagnostic::error("E0402", format!("the path `{written}` leaves the project's data root"))
-            .at(span, "outside the data root")
-            .note(format!("data root: {}", match settings.display(&settings.data).as_str() { "" => ".".to_string(), d => d.to_string() }))
-            .note("sources may read only files under the data root; list other folders under `allow_paths` in tally.yaml"));
+        return Err(
+            Diagnostic::error("E0402", format!("the path `{written}` leaves the project's data root"))
+                .at(span, "outside the data root")
+                .note(data_root_note(settings))
+                .note(ALLOW_PATHS),
+        );
     }
     Ok(normal)
 }
@@ -472,6 +531,7 @@ fn is_glob(p: &str) -> bool {
 pub async fn open(
     ctx: &SessionContext,
     settings: &Settings,
+    source: &str,
     written: &str,
     format: Option<&str>,
     span: Span,
@@ -523,13 +583,15 @@ pub async fn open(
     }
     let url = ListingTableUrl::parse(&url_text)
         .map_err(|e| Diagnostic::data("E0406", format!("cannot read `{written}`: {e}")).at(span, "here"))?;
-    let partitions = if is_dir { hive_partitions(&path) } else { Vec::new() };
+    let base = SourceData::base_of(&path);
     let extension = if glob || !is_dir {
         // A single file or glob: take the files as named, whatever their extension.
         String::new()
     } else {
         kind.extension().to_string()
     };
+    refuse_escapes(settings, &listed(&base, &url, &extension), source, span)?;
+    let partitions = if is_dir { hive_partitions(&path) } else { Vec::new() };
     let options = ListingOptions::new(kind.format())
         .with_file_extension(extension)
         .with_table_partition_cols(partitions.iter().map(|n| (n.clone(), DataType::Utf8)).collect());
@@ -573,6 +635,14 @@ fn kind_of(p: &Path) -> Option<FileKind> {
 
 /// The first data file under a folder, depth first, in name order.
 fn first_file(dir: &Path) -> Option<PathBuf> {
+    first_file_within(dir, 0)
+}
+
+fn first_file_within(dir: &Path, depth: usize) -> Option<PathBuf> {
+    // Links may make a folder its own descendant.
+    if depth > 64 {
+        return None;
+    }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -583,7 +653,10 @@ fn first_file(dir: &Path) -> Option<PathBuf> {
             return Some(e.clone());
         }
     }
-    entries.iter().filter(|e| e.is_dir()).find_map(|e| first_file(e))
+    entries
+        .iter()
+        .filter(|e| e.is_dir())
+        .find_map(|e| first_file_within(e, depth + 1))
 }
 
 /// Hive partition columns (`year=2026/month=01/...`) along the path to the first data file.

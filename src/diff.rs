@@ -774,7 +774,7 @@ pub fn markdown(d: &Diff, fail_over: Option<f64>) -> String {
                         .collect::<Vec<_>>()
                         .join(", "),
                 };
-                out.push_str(&format!(" {} |", cell(&text)));
+                out.push_str(&format!(" {} |", crate::output::markdown_cell(&text)));
             }
             out.push_str(&format!(
                 " {} | {} | {} | {} |\n",
@@ -799,7 +799,7 @@ pub fn markdown(d: &Diff, fail_over: Option<f64>) -> String {
         ));
     }
     for why in &d.unevaluated {
-        out.push_str(&format!("Not compared: {}\n\n", cell(why)));
+        out.push_str(&format!("Not compared: {}\n\n", crate::output::markdown_cell(why)));
     }
     if !d.statuses.is_empty() {
         out.push_str("### Targets and alerts whose status changes\n\n| | name | period | before | after |\n|---|---|---|---|---|\n");
@@ -858,7 +858,8 @@ fn percent(p: f64) -> String {
     }
 }
 
-/// Text in a table cell: pipes and line breaks would break the table.
+/// Text inside a code span of a table cell (where Markdown and HTML are shown as written):
+/// pipes and line breaks would still break the table.
 fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
 }

@@ -89,7 +89,7 @@ pub fn table(t: &ResultTable, formats: &[Format]) -> String {
         row.extend(
             r.dimensions
                 .iter()
-                .map(|d| d.clone().unwrap_or_else(|| "(none)".into())),
+                .map(|d| d.as_deref().map_or_else(|| "(none)".into(), shown_cell)),
         );
         row.extend(r.values.iter().zip(formats).map(|(v, f)| format_value(*v, f)));
         rows.push(row);
@@ -109,10 +109,12 @@ pub fn table(t: &ResultTable, formats: &[Format]) -> String {
             .iter()
             .enumerate()
             .map(|(i, c)| {
+                // Padded by hand: the formatter's widths stop at 65,535.
+                let pad = " ".repeat(widths[i] - c.chars().count());
                 if i < left {
-                    format!("{c:<w$}", w = widths[i])
+                    format!("{c}{pad}")
                 } else {
-                    format!("{c:>w$}", w = widths[i])
+                    format!("{pad}{c}")
                 }
             })
             .collect();
@@ -122,6 +124,52 @@ pub fn table(t: &ResultTable, formats: &[Format]) -> String {
     out.push_str(&line(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>()));
     for r in &rows {
         out.push_str(&line(r));
+    }
+    out
+}
+
+/// The longest text a table cell shows; CSV and JSON keep every value whole.
+pub const MAX_CELL: usize = 120;
+
+/// A text value as one line of a table cell: control characters escaped, and a value
+/// longer than [`MAX_CELL`] cut with an ellipsis.
+pub fn shown_cell(text: &str) -> String {
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n + 1 == MAX_CELL && text.chars().nth(MAX_CELL).is_some() {
+            out.push('…');
+            break;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Text in a Markdown table cell: HTML, links, code and pipes escaped, line breaks made
+/// spaces, so that the text reads as written and cannot break the table.
+pub fn markdown_cell(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '|' => out.push_str("\\|"),
+            '\n' | '\r' => out.push(' '),
+            // (Emphasis is left as written: it cannot break the table or add markup.)
+            '\\' | '`' | '[' | ']' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
     }
     out
 }
@@ -202,5 +250,24 @@ mod tests {
         assert_eq!(format_value(None, &Format::Number), "");
         assert_eq!(machine_value(Some(3.0)), "3");
         assert_eq!(machine_value(Some(0.1)), "0.1");
+    }
+
+    #[test]
+    fn cells_are_one_line_and_cut() {
+        assert_eq!(shown_cell("a\nb\tc"), "a\\nb\\tc");
+        let long = "x".repeat(70_000);
+        let cut = shown_cell(&long);
+        assert_eq!(cut.chars().count(), MAX_CELL);
+        assert!(cut.ends_with('…'));
+        let exact = "y".repeat(MAX_CELL);
+        assert_eq!(shown_cell(&exact), exact);
+    }
+
+    #[test]
+    fn markdown_cells_escape_html_and_the_table() {
+        assert_eq!(
+            markdown_cell("<img src=x onerror=alert(1)> a|b\n*c*"),
+            "&lt;img src=x onerror=alert(1)&gt; a\\|b *c*"
+        );
     }
 }

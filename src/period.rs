@@ -1,63 +1,123 @@
-//! `tally_period(time)`: the first day of the period that holds a time value, as a date.
+//! `tally_period(time, grain, week_start, fiscal_year_start, time_zone)`: the first day of
+//! the period that holds a time value, as a date.
 //!
 //! DataFusion's `date_trunc` converts every value through calendar arithmetic: over 10
 //! million timestamps it costs 0.1 s by day and 0.2 s by month, more than the rest of a
-//! query. Here a timestamp becomes a day with one integer division, and a day becomes its
-//! period through a table of the days a batch spans. Used where no time zone is set (then a
-//! timestamp's day is its day as stored); with a time zone, `plan` converts to local time
-//! with DataFusion's `to_local_time` first.
+//! query. Here a timestamp becomes a day with one integer division (after its zone's offset,
+//! found once per quarter of an hour of instants), and a day becomes its period through a
+//! table of the days a batch spans.
+//!
+//! Every parameter is a literal argument (the grain's name, the week's first day as days
+//! from Monday, the fiscal year's first month, the IANA zone or null): the function has no
+//! state of its own, so a plan that calls it means the same wherever it runs. Times outside
+//! the calendar tally computes are an error naming the column, never a wrong day.
 
-use crate::time::{Calendar, Grain, from_days, to_days};
+use crate::time::{Calendar, Grain, from_days, in_calendar, to_days};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Date32Array};
 use datafusion::arrow::datatypes::{DataType, Date32Type, Date64Type, Int64Type, TimeUnit};
-use datafusion::common::{Result, exec_err};
+use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, lit,
 };
 use std::sync::Arc;
 
-/// The period start (a `Date32`) of a timestamp or date expression.
+/// The function's name in plans.
+pub const NAME: &str = "tally_period";
+
+/// The period start (a `Date32`) of a timestamp or date expression. The calendar's time
+/// zone applies to timestamps only (a date is a local day already).
 pub fn period(arg: Expr, grain: Grain, calendar: &Calendar) -> Expr {
-    ScalarUDF::from(Period::new(grain, calendar)).call(vec![arg])
+    let zone = match calendar.time_zone {
+        Some(tz) => lit(tz.name()),
+        None => lit(ScalarValue::Utf8(None)),
+    };
+    ScalarUDF::from(Period::default()).call(vec![
+        arg,
+        lit(grain.name()),
+        lit(calendar.week_start.num_days_from_monday() as i32),
+        lit(calendar.fiscal_year_start as i32),
+        zone,
+    ])
 }
 
 /// The grain and calendar of a `tally_period` call, to write it in portable SQL.
-pub fn parts(f: &ScalarUDF) -> Option<(Grain, Calendar)> {
-    let any: &dyn std::any::Any = f.inner().as_ref();
-    any.downcast_ref::<Period>().map(|p| (p.grain, p.calendar()))
+pub fn parts(f: &ScalarUDF, args: &[Expr]) -> Option<(Grain, Calendar)> {
+    if f.name() != NAME {
+        return None;
+    }
+    let literal = |i: usize| match args.get(i)? {
+        Expr::Literal(v, _) => Some(v.clone()),
+        _ => None,
+    };
+    let values: Option<Vec<ScalarValue>> = (1..5).map(literal).collect();
+    Parameters::of(&values?).ok().map(|p| (p.grain, p.calendar))
+}
+
+/// The literal arguments after the time value.
+struct Parameters {
+    grain: Grain,
+    calendar: Calendar,
+}
+
+impl Parameters {
+    fn of(values: &[ScalarValue]) -> Result<Parameters> {
+        let [grain, week_start, fiscal, zone] = values else {
+            return exec_err!("{NAME}: expected a time value and four parameters");
+        };
+        let text = |v: &ScalarValue| match v {
+            ScalarValue::Utf8(t) | ScalarValue::LargeUtf8(t) | ScalarValue::Utf8View(t) => Ok(t.clone()),
+            ScalarValue::Null => Ok(None),
+            other => exec_err!("{NAME}: a string parameter was expected, not {other}"),
+        };
+        let number = |v: &ScalarValue| match v {
+            ScalarValue::Int32(Some(n)) => Ok(*n as i64),
+            ScalarValue::Int64(Some(n)) => Ok(*n),
+            other => exec_err!("{NAME}: an integer parameter was expected, not {other}"),
+        };
+        let Some(grain) = text(grain)?.as_deref().and_then(Grain::parse) else {
+            return exec_err!("{NAME}: the grain must be day, week, month, quarter or year");
+        };
+        let week_start = u8::try_from(number(week_start)?)
+            .ok()
+            .and_then(|d| chrono::Weekday::try_from(d).ok());
+        let fiscal_year_start = u32::try_from(number(fiscal)?).ok().filter(|m| (1..=12).contains(m));
+        let (Some(week_start), Some(fiscal_year_start)) = (week_start, fiscal_year_start) else {
+            return exec_err!("{NAME}: the week starts on day 0 to 6 after Monday, the fiscal year in month 1 to 12");
+        };
+        let time_zone = match text(zone)? {
+            None => None,
+            Some(z) => match z.parse::<chrono_tz::Tz>() {
+                Ok(tz) => Some(tz),
+                Err(_) => return exec_err!("{NAME}: unknown time zone `{z}`"),
+            },
+        };
+        Ok(Parameters {
+            grain,
+            calendar: Calendar {
+                week_start,
+                fiscal_year_start,
+                time_zone,
+            },
+        })
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Period {
-    name: String,
-    grain: Grain,
-    calendar: (u32, u32),
     signature: Signature,
 }
 
-impl Period {
-    fn new(grain: Grain, calendar: &Calendar) -> Self {
-        let week_start = calendar.week_start.num_days_from_monday();
+impl Default for Period {
+    fn default() -> Self {
         Period {
-            name: format!("tally_{}", grain.name()),
-            grain,
-            calendar: (week_start, calendar.fiscal_year_start),
-            signature: Signature::any(1, Volatility::Immutable),
-        }
-    }
-
-    fn calendar(&self) -> Calendar {
-        Calendar {
-            week_start: chrono::Weekday::try_from(self.calendar.0 as u8).unwrap_or(chrono::Weekday::Mon),
-            fiscal_year_start: self.calendar.1,
-            time_zone: None,
+            signature: Signature::any(5, Volatility::Immutable),
         }
     }
 }
 
 impl ScalarUDFImpl for Period {
     fn name(&self) -> &str {
-        &self.name
+        NAME
     }
 
     fn signature(&self) -> &Signature {
@@ -69,21 +129,48 @@ impl ScalarUDFImpl for Period {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let mut parameters = Vec::new();
+        for a in &args.args[1..] {
+            match a {
+                ColumnarValue::Scalar(v) => parameters.push(v.clone()),
+                ColumnarValue::Array(_) => return exec_err!("{NAME}: parameters must be literals"),
+            }
+        }
+        let Parameters { grain, calendar } = Parameters::of(&parameters)?;
         let array = args.args[0].to_array(args.number_rows)?;
-        let days = days_of(&array)?;
-        let calendar = self.calendar();
-        let periods = periods_of(&days, self.grain, &calendar);
-        Ok(ColumnarValue::Array(Arc::new(periods)))
+        let column = args.arg_fields.first().map(|f| f.name().as_str()).unwrap_or("time");
+        let days = days_of(&array, calendar.time_zone).and_then(|d| within_calendar(d, column))?;
+        Ok(ColumnarValue::Array(Arc::new(periods_of(&days, grain, &calendar))))
     }
 }
 
-/// Days since 1970-01-01 of timestamps (as stored) or dates.
-fn days_of(array: &ArrayRef) -> Result<Date32Array> {
+/// Days that are outside the calendar (see [`in_calendar`]) are an error naming the column.
+fn within_calendar(days: Result<Date32Array, i64>, column: &str) -> Result<Date32Array> {
+    let outside = |day: i64| {
+        exec_err!(
+            "the time column `{column}` holds a time {} days from 1970-01-01, outside the calendar tally computes ({})",
+            day,
+            crate::time::CALENDAR_YEARS
+        )
+    };
+    match days {
+        Err(day) => outside(day),
+        Ok(days) => match days.iter().flatten().find(|&d| !in_calendar(d)) {
+            Some(d) => outside(d as i64),
+            None => Ok(days),
+        },
+    }
+}
+
+/// Days since 1970-01-01 of timestamps (in local time when a zone is given) or dates; a
+/// time whose day is past what an `i32` holds is the error, as days.
+fn days_of(array: &ArrayRef, zone: Option<chrono_tz::Tz>) -> Result<Result<Date32Array, i64>> {
     #[inline(always)]
     fn floor(v: i64, per_day: i64) -> i32 {
-        v.div_euclid(per_day) as i32
+        // Days past an i32 are caught as outside the calendar (i32::MIN and MAX are).
+        v.div_euclid(per_day).clamp(i32::MIN as i64, i32::MAX as i64) as i32
     }
-    Ok(match array.data_type() {
+    Ok(Ok(match array.data_type() {
         DataType::Date32 => array.as_primitive::<Date32Type>().clone(),
         DataType::Date64 => array.as_primitive::<Date64Type>().unary(|ms| floor(ms, 86_400_000)),
         DataType::Timestamp(unit, _) => {
@@ -92,6 +179,15 @@ fn days_of(array: &ArrayRef) -> Result<Date32Array> {
             // much as the rest of the period computation).
             let raw = datafusion::arrow::compute::cast(array, &DataType::Int64)?;
             let raw = raw.as_primitive::<Int64Type>();
+            if let Some(tz) = zone {
+                let per_second = match unit {
+                    TimeUnit::Second => 1,
+                    TimeUnit::Millisecond => 1_000,
+                    TimeUnit::Microsecond => 1_000_000,
+                    TimeUnit::Nanosecond => 1_000_000_000,
+                };
+                return Ok(local_days(raw, per_second, tz));
+            }
             match unit {
                 TimeUnit::Second => raw.unary(|v| floor(v, 86_400)),
                 TimeUnit::Millisecond => raw.unary(|v| floor(v, 86_400_000)),
@@ -99,8 +195,57 @@ fn days_of(array: &ArrayRef) -> Result<Date32Array> {
                 TimeUnit::Nanosecond => raw.unary(|v| floor(v, 86_400_000_000_000)),
             }
         }
-        other => return exec_err!("tally_period: a time value was expected, not {other}"),
-    })
+        other => return exec_err!("{NAME}: a time value was expected, not {other}"),
+    }))
+}
+
+/// The local days of instants (counts of `1 / per_second` seconds since 1970 UTC) in a zone.
+/// The zone's offset is looked up once per quarter hour of instants: when it is the same at
+/// both ends of a quarter, it holds inside (no zone changes its offset twice in 15 minutes);
+/// otherwise for each instant.
+fn local_days(
+    raw: &datafusion::arrow::array::Int64Array,
+    per_second: i64,
+    tz: chrono_tz::Tz,
+) -> Result<Date32Array, i64> {
+    use chrono::{Offset, TimeZone};
+    const QUARTER: i64 = 900;
+    let offset = |secs: i64| -> Option<i64> {
+        let utc = chrono::DateTime::from_timestamp(secs, 0)?.naive_utc();
+        Some(tz.offset_from_utc_datetime(&utc).fix().local_minus_utc() as i64)
+    };
+    let mut cached: Option<(i64, i64)> = None; // (quarter, offset through it)
+    let mut days = Vec::with_capacity(raw.len());
+    for i in 0..raw.len() {
+        if raw.is_null(i) {
+            days.push(0);
+            continue;
+        }
+        let secs = raw.value(i).div_euclid(per_second);
+        let quarter = secs.div_euclid(QUARTER);
+        let off = match cached {
+            Some((q, off)) if q == quarter => Some(off),
+            _ => {
+                let start = quarter.saturating_mul(QUARTER);
+                match (offset(start), offset(start.saturating_add(QUARTER - 1))) {
+                    (Some(a), Some(b)) if a == b => {
+                        cached = Some((quarter, a));
+                        Some(a)
+                    }
+                    _ => offset(secs),
+                }
+            }
+        };
+        let day = match off {
+            Some(off) => (secs + off).div_euclid(86_400),
+            None => return Err(secs.div_euclid(86_400)),
+        };
+        match i32::try_from(day) {
+            Ok(d) => days.push(d),
+            Err(_) => return Err(day),
+        }
+    }
+    Ok(Date32Array::new(days.into(), raw.nulls().cloned()))
 }
 
 /// The period start of each day. Days map to periods through a table over the days the
@@ -151,7 +296,7 @@ mod tests {
             None,
             Some(19_786 * day),
         ]);
-        let days = days_of(&(Arc::new(ts) as ArrayRef)).unwrap();
+        let days = days_of(&(Arc::new(ts) as ArrayRef), None).unwrap().unwrap();
         let d = |s: &str| to_days(s.parse().unwrap());
         assert_eq!(
             days.iter().collect::<Vec<_>>(),

@@ -168,13 +168,9 @@ pub async fn run(
     }
     let mut outputs = vec![("manifest.json", pretty(&manifest))];
     outputs.extend(self::outputs(model, settings, &computed, &all, as_of, &version)?);
-    write_version(&settings.reports, &version, &outputs, &write_durably)?;
+    let new = write_version(&settings.reports, &version, &outputs, &write_durably)?;
     write_index(&settings.reports, &write_durably)?;
-    Ok(Written {
-        version,
-        folder,
-        new: true,
-    })
+    Ok(Written { version, folder, new })
 }
 
 /// Computes the reports `shown` (indices into the model's reports) as of a day and writes
@@ -676,8 +672,6 @@ fn page(
         .map_err(|e| Diagnostic::data("E0808", format!("cannot write the report page: {e}")))
 }
 
-/// Writes a version's files into a temporary folder and renames it into place; a version
-/// that appeared meanwhile (another run) is left as it is.
 /// Writes one file: the real one writes it whole and flushes it to the disk before the
 /// folder is renamed into place; tests pass one that fails.
 type WriteFile<'a> = &'a dyn Fn(&Path, &[u8]) -> std::io::Result<()>;
@@ -704,12 +698,14 @@ fn write_folder(folder: &Path, outputs: &[(&str, Vec<u8>)], write: WriteFile) ->
     result
 }
 
+/// Writes a version's files into a temporary folder and renames it into place; a version
+/// that appeared meanwhile (another run) is left as it is. Whether this call wrote it.
 fn write_version(
     reports: &Path,
     version: &str,
     outputs: &[(&str, Vec<u8>)],
     write: WriteFile,
-) -> Result<(), Diagnostic> {
+) -> Result<bool, Diagnostic> {
     let target = reports.join(version);
     let fail = |e: std::io::Error| {
         Diagnostic::data(
@@ -722,11 +718,11 @@ fn write_version(
     let tmp = reports.join(format!(".{version}.{}.tmp", std::process::id()));
     write_folder(&tmp, outputs, write).map_err(fail)?;
     match std::fs::rename(&tmp, &target) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         // Another run wrote the same version first: the same bytes.
         Err(_) if target.join("manifest.json").exists() => {
             let _ = std::fs::remove_dir_all(&tmp);
-            Ok(())
+            Ok(false)
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);

@@ -34,6 +34,9 @@ pub struct SettingsFile {
     pub cache: Option<String>,
     /// Where every alert's changes of state are posted (an alert's own `webhook` wins).
     pub webhook: Option<String>,
+    /// How long `alerts` may spend delivering notifications, e.g. `30s` (the default) or
+    /// `2m`; what is not delivered by then is sent again on the next run.
+    pub webhook_deadline: Option<String>,
 }
 
 /// Settings after defaults and flags are applied.
@@ -51,6 +54,7 @@ pub struct Settings {
     pub threads: Option<usize>,
     pub cache: Option<PathBuf>,
     pub webhook: Option<String>,
+    pub webhook_deadline: std::time::Duration,
 }
 
 impl Settings {
@@ -98,11 +102,15 @@ pub fn load(root: &Path, overrides: &SettingsFile, files: &mut Files) -> Result<
         let i = text.find(&format!("{key}:"))?;
         Some(Span::new(id, i, i + key.len()))
     };
-    let err = |code, msg: String, key: &str| {
-        let d = Diagnostic::error(code, msg);
-        match at(key) {
-            Some(s) => d.at(s, "in the project settings"),
-            None => d,
+    // A bad value is the flag's when a flag gave it (a usage error), else the file's line.
+    let err = |code, msg: String, key: &str, flag: &Option<String>| match flag {
+        Some(_) => Diagnostic::usage(code, format!("--{} {msg}", key.replace('_', "-"))),
+        None => {
+            let d = Diagnostic::error(code, msg);
+            match at(key) {
+                Some(s) => d.at(s, "in the project settings"),
+                None => d,
+            }
         }
     };
 
@@ -120,7 +128,15 @@ pub fn load(root: &Path, overrides: &SettingsFile, files: &mut Files) -> Result<
             Ok(t) => Some(t),
             Err(_) => {
                 let names = chrono_tz::TZ_VARIANTS.iter().map(|t| t.name());
-                errors.push(err("E0302", format!("unknown time zone `{tz}`"), "time_zone").suggest(&tz, names));
+                errors.push(
+                    err(
+                        "E0302",
+                        format!("unknown time zone `{tz}`"),
+                        "time_zone",
+                        &overrides.time_zone,
+                    )
+                    .suggest(&tz, names),
+                );
                 None
             }
         },
@@ -130,7 +146,15 @@ pub fn load(root: &Path, overrides: &SettingsFile, files: &mut Files) -> Result<
         Some(w) => match w.parse::<chrono::Weekday>() {
             Ok(d) => d,
             Err(_) => {
-                errors.push(err("E0303", format!("`{w}` is not a day of the week"), "week_start"));
+                errors.push(
+                    err(
+                        "E0303",
+                        format!("`{w}` is not a day of the week"),
+                        "week_start",
+                        &overrides.week_start,
+                    )
+                    .note("write a day such as monday or sunday"),
+                );
                 chrono::Weekday::Mon
             }
         },
@@ -140,7 +164,15 @@ pub fn load(root: &Path, overrides: &SettingsFile, files: &mut Files) -> Result<
         Some(m) => match m.parse::<chrono::Month>() {
             Ok(m) => m.number_from_month(),
             Err(_) => {
-                errors.push(err("E0304", format!("`{m}` is not a month"), "fiscal_year_start"));
+                errors.push(
+                    err(
+                        "E0304",
+                        format!("`{m}` is not a month"),
+                        "fiscal_year_start",
+                        &overrides.fiscal_year_start,
+                    )
+                    .note("write a month such as january or april"),
+                );
                 1
             }
         },
@@ -148,15 +180,42 @@ pub fn load(root: &Path, overrides: &SettingsFile, files: &mut Files) -> Result<
     let memory_limit = match pick(&overrides.memory_limit, &file.memory_limit) {
         None => None,
         Some(m) => match parse_bytes(&m) {
-            Some(b) => Some(b),
+            Some(b) if MEMORY_LIMITS.contains(&b) => Some(b as usize),
+            Some(_) => {
+                let flag = &overrides.memory_limit;
+                errors.push(
+                    err("E0307", format!("`{m}` is out of range"), "memory_limit", flag)
+                        .note(format!("a memory limit is from {MEMORY_RANGE}")),
+                );
+                None
+            }
             None => {
                 errors.push(
-                    err("E0305", format!("`{m}` is not a memory size"), "memory_limit")
-                        .note("write a size such as 512MB, 2GB or 1.5GiB"),
+                    err(
+                        "E0305",
+                        format!("`{m}` is not a memory size"),
+                        "memory_limit",
+                        &overrides.memory_limit,
+                    )
+                    .note("write a size such as 512MB, 2GB or 1.5GiB"),
                 );
                 None
             }
         },
+    };
+    let threads = match (overrides.threads, file.threads) {
+        (Some(t), _) | (None, Some(t)) if !THREADS.contains(&t) => {
+            let flag = overrides.threads.map(|t| t.to_string());
+            errors.push(
+                err("E0307", format!("`{t}` is out of range"), "threads", &flag).note(format!(
+                    "threads are from {} to {}",
+                    THREADS.start(),
+                    THREADS.end()
+                )),
+            );
+            None
+        }
+        (t, file) => t.or(file),
     };
     let cache = match pick(&overrides.cache, &file.cache).as_deref() {
         Some("off") => None,
@@ -165,6 +224,24 @@ pub fn load(root: &Path, overrides: &SettingsFile, files: &mut Files) -> Result<
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
             .map(|c| c.join("tally")),
+    };
+    let webhook_deadline = match pick(&overrides.webhook_deadline, &file.webhook_deadline) {
+        None => WEBHOOK_DEADLINE,
+        Some(text) => match parse_seconds(&text) {
+            Some(d) if WEBHOOK_DEADLINES.contains(&d) => d,
+            parsed => {
+                let flag = &overrides.webhook_deadline;
+                let what = match parsed {
+                    Some(_) => format!("`{text}` is out of range"),
+                    None => format!("`{text}` is not a duration"),
+                };
+                errors.push(
+                    err("E0307", what, "webhook_deadline", flag)
+                        .note("a delivery deadline is from 1s to 1h, in seconds (30s) or minutes (2m)"),
+                );
+                WEBHOOK_DEADLINE
+            }
+        },
     };
     let mut allow_paths: Vec<PathBuf> = file.allow_paths.iter().map(|p| root.join(p)).collect();
     allow_paths.extend(overrides.allow_paths.iter().map(|p| root.join(p)));
@@ -181,14 +258,41 @@ pub fn load(root: &Path, overrides: &SettingsFile, files: &mut Files) -> Result<
         fiscal_year_start,
         memory_limit,
         allow_paths,
-        threads: overrides.threads.or(file.threads),
+        threads,
         cache,
         webhook: pick(&overrides.webhook, &file.webhook),
+        webhook_deadline,
     })
 }
 
-/// `2GB`, `512 MB`, `1.5GiB`, `1000000` (bytes).
-pub fn parse_bytes(text: &str) -> Option<usize> {
+/// The memory limits tally accepts, in bytes.
+pub const MEMORY_LIMITS: std::ops::RangeInclusive<u64> = 100_000..=100_000_000_000_000;
+const MEMORY_RANGE: &str = "100KB to 100TB";
+
+/// How long `alerts` spends delivering notifications unless told.
+const WEBHOOK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+const WEBHOOK_DEADLINES: std::ops::RangeInclusive<std::time::Duration> =
+    std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600);
+
+/// `30s`, `2m`, `1.5s`, `45` (seconds).
+fn parse_seconds(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let number: f64 = t[..split].parse().ok()?;
+    let factor = match t[split..].trim() {
+        "" | "s" => 1.0,
+        "m" | "min" => 60.0,
+        _ => return None,
+    };
+    std::time::Duration::try_from_secs_f64(number * factor).ok()
+}
+
+/// The thread counts tally accepts.
+pub const THREADS: std::ops::RangeInclusive<usize> = 1..=1024;
+
+/// `2GB`, `512 MB`, `1.5GiB`, `1000000` (bytes); sizes past what a `u64` holds are its
+/// largest value.
+pub fn parse_bytes(text: &str) -> Option<u64> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let number: f64 = t[..split].parse().ok()?;
@@ -202,10 +306,13 @@ pub fn parse_bytes(text: &str) -> Option<usize> {
         "mib" => 1024.0 * 1024.0,
         "gib" => 1024.0 * 1024.0 * 1024.0,
         "tib" => 1024.0f64.powi(4),
+        "p" | "pb" => 1e15,
+        "pib" => 1024.0f64.powi(5),
         _ => return None,
     };
     let bytes = number * factor;
-    (bytes.is_finite() && bytes >= 1.0).then_some(bytes as usize)
+    // (`as` saturates: a size too large for u64 is u64::MAX, out of every range.)
+    bytes.is_finite().then_some(bytes as u64)
 }
 
 fn settings_error(file: FileId, text: &str, e: &serde_yaml::Error) -> Diagnostic {
@@ -237,6 +344,8 @@ fn settings_error(file: FileId, text: &str, e: &serde_yaml::Error) -> Diagnostic
                 "allow_paths",
                 "threads",
                 "cache",
+                "webhook",
+                "webhook_deadline",
             ],
         );
     }

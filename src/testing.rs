@@ -52,6 +52,7 @@ async fn schemas(project: &Project, tests: &[TestDef]) -> Result<HashMap<String,
             Some(f) => crate::data::open(
                 &ctx,
                 settings,
+                &s.name.value,
                 &f.value,
                 s.format.as_ref().map(|f| f.value.as_str()),
                 f.span,

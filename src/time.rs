@@ -168,9 +168,30 @@ pub fn to_days(d: NaiveDate) -> i32 {
     (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32
 }
 
+/// The day `days` after 1970-01-01. Days outside the calendar (see [`in_calendar`]) are
+/// its first or last day: data is checked where it is read, so only the ignored values of
+/// null slots get here.
 pub fn from_days(days: i32) -> NaiveDate {
-    NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch") + chrono::TimeDelta::days(days as i64)
+    let (first, last) = *CALENDAR;
+    NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch") + chrono::TimeDelta::days(days.clamp(first, last) as i64)
 }
+
+/// Whether tally's calendar computes a day (days since 1970-01-01): chrono's dates but
+/// their first and last year, so that every period that holds such a day, and the period
+/// after it, are dates too.
+pub fn in_calendar(days: i32) -> bool {
+    let (first, last) = *CALENDAR;
+    (first..=last).contains(&days)
+}
+
+/// The years of [`in_calendar`], for messages.
+pub const CALENDAR_YEARS: &str = "years -262,142 to 262,141";
+
+static CALENDAR: std::sync::LazyLock<(i32, i32)> = std::sync::LazyLock::new(|| {
+    let first = NaiveDate::from_ymd_opt(NaiveDate::MIN.year() + 1, 1, 1).expect("a date");
+    let last = NaiveDate::from_ymd_opt(NaiveDate::MAX.year() - 1, 12, 31).expect("a date");
+    (to_days(first), to_days(last))
+});
 
 #[cfg(test)]
 mod tests {
@@ -228,6 +249,27 @@ mod tests {
         assert_eq!(relative_range("ytd", as_of, &april).unwrap(), (d("2025-04-01"), as_of));
         assert!(relative_range("last 12 parsecs", as_of, &cal).is_err());
         assert!(relative_range("last -1 weeks", as_of, &cal).is_err());
+    }
+
+    #[test]
+    fn the_calendar_has_room_for_every_period_of_its_days() {
+        assert_eq!(NaiveDate::MIN.year() + 1, -262_142);
+        assert_eq!(NaiveDate::MAX.year() - 1, 262_141);
+        assert!(!in_calendar(i32::MIN) && !in_calendar(i32::MAX));
+        assert_eq!(from_days(i32::MAX), from_days(i32::MAX - 1));
+        let (first, last) = *CALENDAR;
+        assert!(in_calendar(first) && in_calendar(last) && !in_calendar(first - 1) && !in_calendar(last + 1));
+        let cal = Calendar {
+            fiscal_year_start: 7,
+            week_start: Weekday::Sun,
+            time_zone: None,
+        };
+        for d in [first, last] {
+            for g in Grain::ALL {
+                let p = cal.period_start(from_days(d), g);
+                assert!(cal.next(p, g) > p);
+            }
+        }
     }
 
     #[test]

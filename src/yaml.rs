@@ -1021,6 +1021,8 @@ fn yaml_error(file: FileId, text: &str, e: &serde_yaml::Error) -> Diagnostic {
             let line = text.lines().nth(l.line().saturating_sub(1)).unwrap_or("");
             (crate::span::offset_of(text, l.line(), l.column()), line)
         }
+        // Aliases that expand past the limit carry no place: the first alias is where.
+        None if msg.contains("repetition limit") => (first_alias(text).unwrap_or(0), ""),
         None => (0, ""),
     };
     // serde_yaml prefixes the path and suffixes the location; keep the reason.
@@ -1038,6 +1040,29 @@ fn yaml_error(file: FileId, text: &str, e: &serde_yaml::Error) -> Diagnostic {
         d = d.note("YAML is indented with spaces; this line has a tab");
     }
     d
+}
+
+/// The offset of the first alias (`*name` where a value starts) in a YAML text.
+fn first_alias(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut in_comment = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\n' => in_comment = false,
+            b'#' => in_comment = true,
+            b'*' if !in_comment => {
+                let before = if i == 0 { b' ' } else { bytes[i - 1] };
+                let named = bytes
+                    .get(i + 1)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
+                if named && matches!(before, b' ' | b'[' | b',' | b'\n' | b'-' | b':') {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {

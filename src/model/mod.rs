@@ -74,6 +74,7 @@ pub async fn resolve(
             data::open(
                 ctx,
                 settings,
+                &s.name.value,
                 &file.value,
                 s.format.as_ref().map(|f| f.value.as_str()),
                 file.span,
@@ -124,7 +125,57 @@ pub async fn resolve(
         dimension_index: r.dim_index,
         metric_index: r.metric_index,
     };
+    let unjoined = breakdowns(&model, &defs);
+    if !unjoined.is_empty() {
+        return (None, diags.into_iter().chain(unjoined).collect());
+    }
     (Some(model), diags)
+}
+
+/// Reports and alerts break their metrics down by dimensions: each metric's sources must
+/// join the dimensions' (what `query --dim` finds at the command line, `check` finds here).
+fn breakdowns(model: &Model, defs: &Definitions) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let mut check = |what: &str, name: &str, metrics: &[MetricId], by: &[crate::ast::Name]| {
+        for b in by {
+            let Some(&d) = model.dimension_index.get(&b.value) else {
+                continue;
+            };
+            for &m in metrics {
+                if let Some((from, to)) = model.unjoined(m, d) {
+                    out.push(
+                        Diagnostic::error(
+                            "E0586",
+                            format!(
+                                "{what} `{name}` breaks metric `{}` down by `{}`, which reads source `{}`; source `{}` does not join it",
+                                model.metrics[m].name, b.value, model.sources[to].name, model.sources[from].name
+                            ),
+                        )
+                        .at(b.span, "this breakdown")
+                        .also(model.sources[from].span, "declare a many-to-one join in this source")
+                        .note(format!("or leave `{}` out of this {what}'s `by`", b.value)),
+                    );
+                    break;
+                }
+            }
+        }
+    };
+    for r in &model.reports {
+        if let Some(d) = defs.reports.iter().find(|d| d.name.value == r.name) {
+            check("report", &r.name, &r.metrics, &d.by);
+        }
+    }
+    for a in &model.alerts {
+        if let Some(d) = defs.alerts.iter().find(|d| d.name.value == a.name) {
+            check(
+                "alert",
+                &a.name,
+                &a.condition.metric().into_iter().collect::<Vec<_>>(),
+                &d.by,
+            );
+        }
+    }
+    out
 }
 
 /// Resolves a filter (`--where`) against a source of a model.

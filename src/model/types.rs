@@ -121,6 +121,21 @@ impl Model {
         walk(self, &self.metrics[metric].formula, out)
     }
 
+    /// Whether a metric can be broken down by a dimension: every source its measures read
+    /// joins every source the dimension reads. Otherwise the first pair that does not, as
+    /// (the measure's source, the dimension's).
+    pub fn unjoined(&self, metric: MetricId, dimension: DimensionId) -> Option<(SourceId, SourceId)> {
+        let mut measures = Vec::new();
+        self.measures_of(metric, &mut measures);
+        let mut used = Vec::new();
+        self.dimensions[dimension].expr.sources(&mut used);
+        measures.iter().map(|&m| self.measures[m].source).find_map(|from| {
+            used.iter()
+                .find(|&&to| self.join_path(from, to).is_none())
+                .map(|&to| (from, to))
+        })
+    }
+
     /// The sources a metric reads, directly or through other metrics, each once.
     pub fn sources_of(&self, metric: MetricId) -> Vec<SourceId> {
         let mut measures = Vec::new();
@@ -273,6 +288,19 @@ pub enum Condition {
     Stale { source: SourceId, seconds: i64 },
     /// The source has no rows in the period.
     Empty { source: SourceId },
+}
+
+impl Condition {
+    /// The metric a condition is about; `None` for conditions on a source.
+    pub fn metric(&self) -> Option<MetricId> {
+        match self {
+            Condition::Threshold { metric, .. }
+            | Condition::Change { metric, .. }
+            | Condition::Anomaly { metric, .. }
+            | Condition::OffTarget { metric, .. } => Some(*metric),
+            Condition::Stale { .. } | Condition::Empty { .. } => None,
+        }
+    }
 }
 
 /// A goal for a metric, per period or by a deadline.

@@ -25,7 +25,7 @@ use datafusion::common::{Column, DFSchema, JoinType, ScalarValue, TableReference
 use datafusion::datasource::provider_as_source;
 use datafusion::functions::expr_fn as func;
 use datafusion::functions_aggregate::expr_fn as agg;
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast, lit};
+use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder, cast, lit, when};
 use datafusion::prelude::SessionContext;
 pub use terms::{Compare, Output, Series, SeriesKind, Shift, Term};
 
@@ -342,17 +342,15 @@ pub fn build_with_range(
             }
             Some(w) => {
                 let grain = query.grain.expect("windows are lowered with a grain");
-                let mapping = window_days(calendar, w, grain, &needed, query.to, range.map(|r| r.0));
-                let Some(from) = mapping.iter().map(|x| x.0).min() else {
+                let days = window_days(calendar, w, grain, &needed, query.to, range.map(|r| r.0));
+                let Some((from, to)) = days.read else {
                     continue;
                 };
-                let to = mapping.iter().map(|x| x.0).max().map(from_days);
-                let from = from_days(from);
                 // The join with the window days keeps the days of the windows only; a range
                 // condition that all the data passes would cost two comparisons per row.
-                let from = range.is_none_or(|r| r.0 < from).then_some(from);
-                let to = to.filter(|&t| range.is_none_or(|r| r.1 > t));
-                (from, to, Shape::Window(w, mapping))
+                let from = from.filter(|&f| range.is_none_or(|r| r.0 < f));
+                let to = Some(to).filter(|&t| range.is_none_or(|r| r.1 > t));
+                (from, to, Shape::Window(w, days))
             }
         };
         let spec = ScanSpec {
@@ -401,9 +399,27 @@ pub fn build_with_range(
     })
 }
 
-/// For each period, the days of its window: `(day, period)` pairs as days since 1970.
-/// A window ends with its period (or with `to`), and starts `rolling` units before that end,
-/// at the start of the `to_date` period, or at the first day of data.
+/// What each period's window holds.
+#[derive(Debug)]
+struct WindowDays {
+    /// `(key, period)` pairs as days since 1970: a row of that key counts in that period's
+    /// window. The key is a row's day, or for a cumulative window its period (the window is
+    /// every period up to its own), so that the windows cost the periods they span squared,
+    /// not the days since the first row.
+    mapping: Vec<(i32, i32)>,
+    /// Keys are periods of the query's grain rather than days.
+    by_period: bool,
+    /// A cumulative window's history: the day before the first period shown, the key of
+    /// every row before that period (those rows are in every window).
+    history: Option<i32>,
+    /// The first day of rows read (`None`: from the first row) and the last; `None` when no
+    /// window holds a day.
+    read: Option<(Option<NaiveDate>, NaiveDate)>,
+}
+
+/// For each period, what its window holds. A window ends with its period (or with `to`),
+/// and starts `rolling` units before that end, at the start of the `to_date` period, or at
+/// the first day of data.
 fn window_days(
     calendar: &Calendar,
     window: Window,
@@ -411,8 +427,40 @@ fn window_days(
     periods: &[NaiveDate],
     to: Option<NaiveDate>,
     first_day: Option<NaiveDate>,
-) -> Vec<(i32, i32)> {
-    let mut out = Vec::new();
+) -> WindowDays {
+    let last_day = |p: NaiveDate| {
+        let end = calendar.next(p, grain) - chrono::Days::new(1);
+        to.map_or(end, |t| end.min(t))
+    };
+    if window == Window::Cumulative {
+        let (Some(&first), Some(&last)) = (periods.first(), periods.last()) else {
+            return WindowDays {
+                mapping: Vec::new(),
+                by_period: true,
+                history: None,
+                read: None,
+            };
+        };
+        let history = first_day.filter(|&f| f < first).map(|_| first - chrono::Days::new(1));
+        // Rows between the periods read count in the windows after them.
+        let keys: Vec<NaiveDate> = history
+            .into_iter()
+            .chain(calendar.periods(first, last, grain))
+            .collect();
+        let mut mapping = Vec::new();
+        for &p in periods {
+            for &k in keys.iter().take_while(|&&k| k <= p) {
+                mapping.push((to_days(k), to_days(p)));
+            }
+        }
+        return WindowDays {
+            mapping,
+            by_period: true,
+            history: history.map(to_days),
+            read: Some((if history.is_some() { None } else { Some(first) }, last_day(last))),
+        };
+    }
+    let mut mapping = Vec::new();
     for &p in periods {
         let end = calendar.next(p, grain);
         let start = match window {
@@ -423,18 +471,25 @@ fn window_days(
                 Grain::Quarter => end - chrono::Months::new(3 * amount),
                 Grain::Year => end - chrono::Months::new(12 * amount),
             },
-            Window::Cumulative => first_day.unwrap_or(p),
+            Window::Cumulative => unreachable!("cumulative windows are keyed by period above"),
             Window::ToDate(g) => calendar.period_start(end - chrono::Days::new(1), g),
         };
         let start = first_day.map_or(start, |f| start.max(f));
         let end = to.map_or(end, |t| end.min(t + chrono::Days::new(1)));
         let mut d = start;
         while d < end {
-            out.push((to_days(d), to_days(p)));
+            mapping.push((to_days(d), to_days(p)));
             d = d + chrono::Days::new(1);
         }
     }
-    out
+    let first = mapping.iter().map(|x| x.0).min();
+    let last = mapping.iter().map(|x| x.0).max();
+    WindowDays {
+        read: first.zip(last).map(|(f, l)| (Some(from_days(f)), from_days(l))),
+        mapping,
+        by_period: false,
+        history: None,
+    }
 }
 
 /// How a scan aggregates its rows.
@@ -444,7 +499,7 @@ enum Shape {
     Plain,
     /// By window: rows are aggregated by day, joined to the days of each period's window,
     /// and aggregated again by period.
-    Window(Window, Vec<(i32, i32)>),
+    Window(Window, WindowDays),
     /// The aggregate of each period's last (or first) day that has rows.
     Snapshot(Snapshot),
 }
@@ -654,14 +709,31 @@ fn scan_plan(
                     .map_err(internal)?,
             }
         }
-        Shape::Window(window, mapping) => {
+        Shape::Window(window, days) => {
             let resets = match window {
                 Window::Rolling { .. } => None,
                 Window::Cumulative => Some(lit(0i32)),
                 Window::ToDate(g) => time.map(|t| period_expr(&time_of(t), *g, calendar)),
             };
-            let spec = WindowSpec { mapping, resets };
-            windowed(model, builder, day.expect("a time column"), dim_exprs, spec, measures)?
+            let mut day = match (days.by_period, time) {
+                (true, Some(t)) => period_expr(&time_of(t), spec.grain.expect("windows have a grain"), calendar),
+                _ => day.expect("a time column"),
+            };
+            if let Some(h) = days.history {
+                // Every earlier day counts as the history day.
+                let history = cast(
+                    lit(ScalarValue::Date32(Some(h))),
+                    day.get_type(builder.schema()).map_err(internal)?,
+                );
+                day = when(day.clone().lt(history.clone()), history)
+                    .otherwise(day)
+                    .map_err(internal)?;
+            }
+            let spec = WindowSpec {
+                mapping: &days.mapping,
+                resets,
+            };
+            windowed(model, builder, day, dim_exprs, spec, measures)?
         }
         Shape::Snapshot(s) => snapshot(
             model,
@@ -1344,7 +1416,9 @@ fn day_starts(t: &TimeValue, day: NaiveDate, calendar: &Calendar) -> Expr {
                 TimeUnit::Second => ScalarValue::TimestampSecond(Some(micros / 1_000_000), stored.clone()),
                 TimeUnit::Millisecond => ScalarValue::TimestampMillisecond(Some(micros / 1_000), stored.clone()),
                 TimeUnit::Microsecond => ScalarValue::TimestampMicrosecond(Some(micros), stored.clone()),
-                TimeUnit::Nanosecond => ScalarValue::TimestampNanosecond(Some(micros * 1_000), stored.clone()),
+                TimeUnit::Nanosecond => {
+                    ScalarValue::TimestampNanosecond(Some(micros.saturating_mul(1_000)), stored.clone())
+                }
             };
             lit(value)
         }
@@ -1355,24 +1429,22 @@ fn day_starts(t: &TimeValue, day: NaiveDate, calendar: &Calendar) -> Expr {
     }
 }
 
-/// The period key of a time value: the start of its period, as a date. Local time first
-/// when the project has a time zone; then tally's own period function (see
-/// [`crate::period`]), which is several times cheaper than `date_trunc` per row.
+/// The period key of a time value: the start of its period, as a date, by tally's own
+/// period function (see [`crate::period`]), which is several times cheaper than
+/// `date_trunc` per row. Timestamps are cut at midnight of the project's time zone (stored
+/// without a zone: as UTC); dates are local days already.
 fn period_expr(t: &TimeValue, grain: Grain, calendar: &Calendar) -> Expr {
-    let local = match (&t.data_type, calendar.time_zone) {
-        (DataType::Timestamp(unit, stored), Some(tz)) => {
-            let utc = match stored {
-                Some(_) => t.expr.clone(),
-                None => cast(t.expr.clone(), DataType::Timestamp(*unit, Some("UTC".into()))),
-            };
-            let zoned = cast(utc, DataType::Timestamp(*unit, Some(tz.name().into())));
-            // to_local_time: the wall-clock time in that zone, as a naive timestamp.
-            func::to_local_time(vec![zoned])
-        }
-        (DataType::Timestamp(..) | DataType::Date32 | DataType::Date64, _) => t.expr.clone(),
-        _ => cast(t.expr.clone(), DataType::Timestamp(TimeUnit::Second, None)),
+    let (value, zoned) = match &t.data_type {
+        DataType::Timestamp(..) => (t.expr.clone(), true),
+        DataType::Date32 | DataType::Date64 => (t.expr.clone(), false),
+        // (Other types are cut as stored, as they always were.)
+        _ => (cast(t.expr.clone(), DataType::Timestamp(TimeUnit::Second, None)), false),
     };
-    crate::period::period(local, grain, calendar)
+    let calendar = Calendar {
+        time_zone: calendar.time_zone.filter(|_| zoned),
+        ..*calendar
+    };
+    crate::period::period(value, grain, &calendar)
 }
 
 /// A plan with tally's period function written as portable SQL (`date_trunc` and interval
@@ -1382,11 +1454,26 @@ pub fn portable(plan: LogicalPlan) -> Result<LogicalPlan> {
     plan.transform_up(|node| {
         node.map_expressions(|e| {
             e.transform_up(|x| match &x {
-                Expr::ScalarFunction(f) => match crate::period::parts(&f.func) {
-                    Some((grain, calendar)) => Ok(Transformed::yes(cast(
-                        truncate(f.args[0].clone(), grain, &calendar),
-                        DataType::Date32,
-                    ))),
+                Expr::ScalarFunction(f) => match crate::period::parts(&f.func, &f.args) {
+                    Some((grain, calendar)) => {
+                        // A zone is given for timestamps only: their wall-clock time there.
+                        let local = match calendar.time_zone {
+                            Some(tz) => {
+                                let utc = cast(
+                                    f.args[0].clone(),
+                                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                                );
+                                let zoned =
+                                    cast(utc, DataType::Timestamp(TimeUnit::Microsecond, Some(tz.name().into())));
+                                func::to_local_time(vec![zoned])
+                            }
+                            None => f.args[0].clone(),
+                        };
+                        Ok(Transformed::yes(cast(
+                            truncate(local, grain, &calendar),
+                            DataType::Date32,
+                        )))
+                    }
                     None => Ok(Transformed::no(x)),
                 },
                 _ => Ok(Transformed::no(x)),

@@ -11,6 +11,7 @@ mod differential;
 mod fixtures;
 mod formatting;
 mod over_time;
+mod probing;
 mod stages;
 mod timeline;
 
