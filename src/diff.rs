@@ -945,6 +945,10 @@ pub fn checkout(project: &Path, rev: &str, dest: &Path) -> Result<(), Diagnostic
         )
         .note(why)
     };
+    // A revision is never an option of git's.
+    if rev.starts_with('-') {
+        return Err(not_found("a revision does not start with `-`".to_string()));
+    }
     let text = |b: Vec<u8>| String::from_utf8_lossy(&b).trim().to_string();
     let top = git(&["rev-parse", "--show-toplevel"], project)
         .map(text)

@@ -155,10 +155,17 @@ fn within_calendar(days: Result<Date32Array, i64>, column: &str) -> Result<Date3
     };
     match days {
         Err(day) => outside(day),
-        Ok(days) => match days.iter().flatten().find(|&d| !in_calendar(d)) {
-            Some(d) => outside(d as i64),
-            None => Ok(days),
-        },
+        Ok(days) => {
+            use datafusion::arrow::compute::{max, min};
+            match [min(&days), max(&days)]
+                .into_iter()
+                .flatten()
+                .find(|&d| !in_calendar(d))
+            {
+                Some(d) => outside(d as i64),
+                None => Ok(days),
+            }
+        }
     }
 }
 

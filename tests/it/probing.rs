@@ -673,3 +673,122 @@ fn cumulative_metrics_over_a_row_of_year_one() {
         ("0001-01-01,1", "0002-01-01,1", "2026-01-01,6")
     );
 }
+
+/// What held when probed, and must keep holding: user text escaped in the report under its
+/// Content-Security-Policy; YAML nested past any use refused with a place; `--where` text
+/// is data; `diff` never passes an option to git; versions and the alert state whole after
+/// `kill -9`; a state file that is a link is replaced, not written through.
+#[test]
+fn what_held_when_probed() {
+    let project = tempfile::tempdir().unwrap();
+    let root = project.path();
+    write_files(
+        root,
+        &[
+            (
+                "orders.csv",
+                b"id,at,channel\n1,2026-01-05,<img src=x onerror=alert(1)>\n2,2026-01-06,web\n",
+            ),
+            (
+                "m.tally",
+                concat!(
+                    "source orders { file: \"orders.csv\" time: at key: id }\n",
+                    "metric n \"<script>alert(1)</script>\" = count(orders)\n",
+                    "dimension channel = orders.channel\n",
+                    "alert few { when n < 5 per month message \"<b>{{ value }}</b>\" }\n",
+                    "report r \"<i>R</i>\" {\n  metrics: [n]\n  grain: month\n  by: channel\n}\n",
+                )
+                .as_bytes(),
+            ),
+        ],
+    );
+    let (code, _, stderr) = tally_in(root, &["run", "--as-of", "2026-01-31"]);
+    assert_eq!(code, 0, "{stderr}");
+    let version = std::fs::read_dir(root.join("reports"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("manifest.json").exists())
+        .expect("a version");
+    let page = std::fs::read_to_string(version.join("index.html")).unwrap();
+    assert!(page.contains("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none';"));
+    for raw in ["<script>alert(1)", "<img src=x", "<i>R</i>", "<b>1"] {
+        assert!(!page.contains(raw), "{raw} in the page");
+    }
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;"));
+
+    // `--where` text is data, never SQL.
+    let (code, stdout, stderr) = tally_in(
+        root,
+        &[
+            "query",
+            "n",
+            "--where",
+            "channel = \"x'); DROP TABLE orders; --\"",
+            "--format",
+            "csv",
+        ],
+    );
+    assert_eq!((code, stdout.as_str(), stderr.as_str()), (0, "n\n0\n", ""));
+
+    // A revision that looks like an option.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .arg("--project")
+        .arg(root)
+        .args(["diff", "--", "--output=/tmp/owned"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("a revision does not start with `-`"), "{stderr}");
+    assert!(!Path::new("/tmp/owned").exists());
+
+    // YAML nested 10,000 deep.
+    let deep = format!("metrics: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+    write_files(root, &[("deep.yaml", deep.as_bytes())]);
+    let (code, _, stderr) = tally_in(root, &["check"]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("deep.yaml:1:"), "{stderr}");
+    std::fs::remove_file(root.join("deep.yaml")).unwrap();
+
+    // A state file that links elsewhere is replaced by a file of its own.
+    let elsewhere = root.join("elsewhere.json");
+    std::fs::write(&elsewhere, "not mine").unwrap();
+    std::fs::create_dir_all(root.join(".tally")).unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&elsewhere, root.join(".tally/alert-state.json")).unwrap();
+    let (code, _, stderr) = tally_in(root, &["alerts", "--as-of", "2026-01-31"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "not mine");
+    let state = root.join(".tally/alert-state.json");
+    assert!(!std::fs::symlink_metadata(&state).unwrap().file_type().is_symlink());
+
+    // Killed at any moment, a run leaves whole versions and a whole state, or none.
+    for (i, wait) in [5u64, 20, 40, 80, 160].into_iter().enumerate() {
+        let as_of = format!("2026-02-0{}", i + 1);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(["run", "--as-of", &as_of, "--color=never", "--project"])
+            .arg(root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(wait));
+        let _ = child.kill();
+        let _ = child.wait();
+        for e in std::fs::read_dir(root.join("reports")).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name == "latest" || !e.path().is_dir() {
+                continue;
+            }
+            let manifest = std::fs::read_to_string(e.path().join("manifest.json")).unwrap();
+            serde_json::from_str::<serde_json::Value>(&manifest).unwrap();
+            assert!(e.path().join("results.json").exists(), "{name}");
+        }
+        if let Ok(text) = std::fs::read_to_string(&state) {
+            serde_json::from_str::<serde_json::Value>(&text).unwrap();
+        }
+    }
+    let (code, _, stderr) = tally_in(root, &["run", "--as-of", "2026-02-28"]);
+    assert_eq!(code, 0, "{stderr}");
+}
