@@ -379,7 +379,7 @@ def history():
             cmd = [TALLY, "query", "cn", "cd", "--by", "day", "--from", str(frm), "--to", str(to),
                    "--format", "csv", "--project", project]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            sql = f"""WITH e AS (SELECT CAST(at AS DATE) AS d, customer FROM '{project}/events.csv'),
+            sql = f"""WITH e AS (SELECT CAST("at" AS DATE) AS d, customer FROM '{project}/events.csv'),
                       firsts AS (SELECT min(d) AS d FROM e GROUP BY customer),
                       spine AS (SELECT CAST(range AS DATE) AS d FROM range(DATE '{frm}', DATE '{to}' + 1, INTERVAL 1 DAY))
                       SELECT s.d, (SELECT count(*) FROM e WHERE e.d <= s.d), (SELECT count(*) FROM firsts f WHERE f.d <= s.d)
