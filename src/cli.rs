@@ -3,7 +3,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
-use tally::diagnostic::{self, Diagnostic, Severity};
+use tally::diagnostic::{self, Diagnostic, ExitStatus, Severity};
 use tally::model::{self, Model};
 use tally::plan::{self, Query};
 use tally::project::{self, Project};
@@ -283,7 +283,7 @@ pub enum ListFormat {
 pub struct Outcome {
     pub stdout: String,
     pub stderr: String,
-    pub code: i32,
+    pub code: ExitStatus,
 }
 
 struct Loaded {
@@ -763,7 +763,7 @@ async fn diff(g: &Global, args: DiffArgs, color: bool) -> Outcome {
         } else {
             String::new()
         },
-        code: i32::from(over > 0),
+        code: ExitStatus::findings_if(over > 0),
     }
 }
 
@@ -837,7 +837,7 @@ fn fmt(g: &Global, check: bool, paths: &[PathBuf], color: bool) -> Outcome {
     Outcome {
         stdout: String::new(),
         stderr,
-        code: i32::from(check && unformatted > 0),
+        code: ExitStatus::findings_if(check && unformatted > 0),
     }
 }
 
@@ -1290,7 +1290,7 @@ async fn alerts(
     Outcome {
         stdout,
         stderr: diagnostic::render_human(files, &warnings, color),
-        code: if failing { 1 } else { 0 },
+        code: ExitStatus::findings_if(failing),
     }
 }
 
@@ -1371,7 +1371,7 @@ async fn test(g: &Global, format: TestFormat, color: bool) -> Outcome {
     };
     Outcome {
         stdout,
-        code: if failed > 0 { 1 } else { 0 },
+        code: ExitStatus::findings_if(failed > 0),
         ..Outcome::default()
     }
 }

@@ -25,6 +25,33 @@ pub enum Category {
     Data,
     /// The command line asked for something that does not exist (exit code 2).
     Usage,
+    /// tally built something its engine refuses: a bug in tally (exit code 5).
+    Internal,
+}
+
+/// How a command ended: its exit code, defined here once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum ExitStatus {
+    #[default]
+    Ok = 0,
+    /// An alert fires, a test of definitions fails, a file is not formatted, a number moves
+    /// more than allowed.
+    Findings = 1,
+    Usage = 2,
+    Definitions = 3,
+    Data = 4,
+    Internal = 5,
+}
+
+impl ExitStatus {
+    /// `Findings` when `found`, else `Ok`.
+    pub fn findings_if(found: bool) -> ExitStatus {
+        if found { ExitStatus::Findings } else { ExitStatus::Ok }
+    }
+
+    pub fn code(self) -> u8 {
+        self as u8
+    }
 }
 
 /// A label pointing at a place in a definition file.
@@ -74,6 +101,15 @@ impl Diagnostic {
             category: Category::Usage,
             ..Diagnostic::error(code, message)
         }
+    }
+
+    /// A bug in tally: what it built, its engine refused.
+    pub fn internal(code: &'static str, message: impl Into<String>) -> Self {
+        Diagnostic {
+            category: Category::Internal,
+            ..Diagnostic::error(code, message)
+        }
+        .note("this is a bug in tally: please report it with the command, the definitions and the sources' columns (`tally list`)")
     }
 
     pub fn warning(mut self) -> Self {
@@ -128,23 +164,26 @@ pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str
 }
 
 /// The exit code a set of diagnostics calls for (0 when none is an error).
-pub fn exit_code(diagnostics: &[Diagnostic]) -> i32 {
+pub fn exit_code(diagnostics: &[Diagnostic]) -> ExitStatus {
     let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error);
-    let mut code = 0;
+    let mut status = ExitStatus::Ok;
     for d in errors {
-        let c = match d.category {
-            Category::Usage => 2,
-            Category::Definition => 3,
-            Category::Data => 4,
+        let s = match d.category {
+            Category::Usage => ExitStatus::Usage,
+            Category::Definition => ExitStatus::Definitions,
+            Category::Data => ExitStatus::Data,
+            Category::Internal => ExitStatus::Internal,
         };
-        // Definitions outrank data: fix the definitions first.
-        code = match (code, c) {
-            (0, c) => c,
-            (3, _) | (_, 3) => 3,
+        // Definitions outrank data and usage: fix the definitions first.
+        status = match (status, s) {
+            (ExitStatus::Ok, s) => s,
+            (ExitStatus::Definitions, s) | (s, ExitStatus::Definitions) if s != ExitStatus::Internal => {
+                ExitStatus::Definitions
+            }
             (a, b) => a.max(b),
         };
     }
-    code
+    status
 }
 
 /// Human-readable rendering, with the source line underlined.

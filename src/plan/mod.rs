@@ -99,7 +99,7 @@ pub struct KeyCheck {
 type Result<T> = std::result::Result<T, Diagnostic>;
 
 fn internal(e: datafusion::error::DataFusionError) -> Diagnostic {
-    Diagnostic::data("E0701", format!("cannot plan the query: {}", e.strip_backtrace()))
+    Diagnostic::internal("E0701", format!("cannot plan the query: {}", e.strip_backtrace()))
 }
 
 /// The sources whose first and last day of data a query needs before it can be planned
