@@ -973,19 +973,13 @@ fn query_of(l: &mut Loaded, args: &QueryArgs) -> Result<Query, Diagnostic> {
         None => {
             let from = date_arg(args.from.as_deref(), false, "--from")?;
             let to = date_arg(args.to.as_deref(), true, "--to")?;
-            ordered(from, to, "--to")?;
             // As of a day: no later row is read.
-            let to = match (to, as_of) {
-                (Some(t), Some(a)) if a < t => {
-                    ordered(from, Some(a), "--as-of")?;
-                    Some(a)
-                }
-                (Some(t), _) => Some(t),
-                (None, a) => {
-                    ordered(from, a, "--as-of")?;
-                    a
-                }
+            let (to, flag) = match (to, as_of) {
+                (Some(t), Some(a)) if a < t => (Some(a), "--as-of"),
+                (Some(t), _) => (Some(t), "--to"),
+                (None, a) => (a, "--as-of"),
             };
+            ordered(from, to, flag)?;
             (from, to)
         }
     };
@@ -1384,7 +1378,7 @@ async fn backtest(l: &Loaded, from: Option<&str>, to: Option<&str>, format: Aler
         Ok((f, t))
     });
     let (from, to) = match range {
-        Ok((Some(f), Some(t))) if f <= t => (f, t),
+        Ok((Some(f), Some(t))) => (f, t),
         Ok(_) => return Outcome::diagnostics(files, &[usage("a backtest needs --from before --to")], color),
         Err(d) => return Outcome::diagnostics(files, &[d], color),
     };

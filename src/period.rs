@@ -139,45 +139,35 @@ impl ScalarUDFImpl for Period {
         let Parameters { grain, calendar } = Parameters::of(&parameters)?;
         let array = args.args[0].to_array(args.number_rows)?;
         let column = args.arg_fields.first().map(|f| f.name().as_str()).unwrap_or("time");
-        let days = days_of(&array, calendar.time_zone).and_then(|d| within_calendar(d, column))?;
+        let days = within_calendar(days_of(&array, calendar.time_zone)?, column)?;
         Ok(ColumnarValue::Array(Arc::new(periods_of(&days, grain, &calendar))))
     }
 }
 
 /// Days that are outside the calendar (see [`in_calendar`]) are an error naming the column.
-fn within_calendar(days: Result<Date32Array, i64>, column: &str) -> Result<Date32Array> {
-    let outside = |day: i64| {
-        exec_err!(
-            "the time column `{column}` holds a time {} days from 1970-01-01, outside the calendar tally computes ({})",
-            day,
+fn within_calendar(days: Date32Array, column: &str) -> Result<Date32Array> {
+    use datafusion::arrow::compute::{max, min};
+    match [min(&days), max(&days)]
+        .into_iter()
+        .flatten()
+        .find(|&d| !in_calendar(d))
+    {
+        Some(d) => exec_err!(
+            "the time column `{column}` holds a time {d} days from 1970-01-01, outside the calendar tally computes ({})",
             crate::time::CALENDAR_YEARS
-        )
-    };
-    match days {
-        Err(day) => outside(day),
-        Ok(days) => {
-            use datafusion::arrow::compute::{max, min};
-            match [min(&days), max(&days)]
-                .into_iter()
-                .flatten()
-                .find(|&d| !in_calendar(d))
-            {
-                Some(d) => outside(d as i64),
-                None => Ok(days),
-            }
-        }
+        ),
+        None => Ok(days),
     }
 }
 
-/// Days since 1970-01-01 of timestamps (in local time when a zone is given) or dates; a
-/// time whose day is past what an `i32` holds is the error, as days.
-fn days_of(array: &ArrayRef, zone: Option<chrono_tz::Tz>) -> Result<Result<Date32Array, i64>> {
+/// Days since 1970-01-01 (past what an `i32` holds: its limits, which are outside the
+/// calendar) of timestamps, in local time when a zone is given, or of dates.
+fn days_of(array: &ArrayRef, zone: Option<chrono_tz::Tz>) -> Result<Date32Array> {
     #[inline(always)]
     fn floor(v: i64, per_day: i64) -> i32 {
-        // Days past an i32 are caught as outside the calendar (i32::MIN and MAX are).
-        v.div_euclid(per_day).clamp(i32::MIN as i64, i32::MAX as i64) as i32
+        clamp_day(v.div_euclid(per_day))
     }
-    Ok(Ok(match array.data_type() {
+    Ok(match array.data_type() {
         DataType::Date32 => array.as_primitive::<Date32Type>().clone(),
         DataType::Date64 => array.as_primitive::<Date64Type>().unary(|ms| floor(ms, 86_400_000)),
         DataType::Timestamp(unit, _) => {
@@ -203,18 +193,20 @@ fn days_of(array: &ArrayRef, zone: Option<chrono_tz::Tz>) -> Result<Result<Date3
             }
         }
         other => return exec_err!("{NAME}: a time value was expected, not {other}"),
-    }))
+    })
+}
+
+#[inline(always)]
+fn clamp_day(day: i64) -> i32 {
+    day.clamp(i32::MIN as i64, i32::MAX as i64) as i32
 }
 
 /// The local days of instants (counts of `1 / per_second` seconds since 1970 UTC) in a zone.
 /// The zone's offset is looked up once per quarter hour of instants: when it is the same at
 /// both ends of a quarter, it holds inside (no zone changes its offset twice in 15 minutes);
-/// otherwise for each instant.
-fn local_days(
-    raw: &datafusion::arrow::array::Int64Array,
-    per_second: i64,
-    tz: chrono_tz::Tz,
-) -> Result<Date32Array, i64> {
+/// otherwise for each instant. An instant past chrono's dates has no offset, and a day far
+/// outside the calendar whatever its offset.
+fn local_days(raw: &datafusion::arrow::array::Int64Array, per_second: i64, tz: chrono_tz::Tz) -> Date32Array {
     use chrono::{Offset, TimeZone};
     const QUARTER: i64 = 900;
     let offset = |secs: i64| -> Option<i64> {
@@ -243,16 +235,9 @@ fn local_days(
                 }
             }
         };
-        let day = match off {
-            Some(off) => (secs + off).div_euclid(86_400),
-            None => return Err(secs.div_euclid(86_400)),
-        };
-        match i32::try_from(day) {
-            Ok(d) => days.push(d),
-            Err(_) => return Err(day),
-        }
+        days.push(clamp_day((secs + off.unwrap_or(0)).div_euclid(86_400)));
     }
-    Ok(Date32Array::new(days.into(), raw.nulls().cloned()))
+    Date32Array::new(days.into(), raw.nulls().cloned())
 }
 
 /// The period start of each day. Days map to periods through a table over the days the
@@ -303,7 +288,7 @@ mod tests {
             None,
             Some(19_786 * day),
         ]);
-        let days = days_of(&(Arc::new(ts) as ArrayRef), None).unwrap().unwrap();
+        let days = days_of(&(Arc::new(ts) as ArrayRef), None).unwrap();
         let d = |s: &str| to_days(s.parse().unwrap());
         assert_eq!(
             days.iter().collect::<Vec<_>>(),

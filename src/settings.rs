@@ -103,9 +103,9 @@ pub fn load(root: &Path, overrides: &SettingsFile, files: &mut Files) -> Result<
         Some(Span::new(id, i, i + key.len()))
     };
     // A bad value is the flag's when a flag gave it (a usage error), else the file's line.
-    let err = |code, msg: String, key: &str, flag: &Option<String>| match flag {
-        Some(_) => Diagnostic::usage(code, format!("--{} {msg}", key.replace('_', "-"))),
-        None => {
+    let err = |code, msg: String, key: &str, from_flag: bool| match from_flag {
+        true => Diagnostic::usage(code, format!("--{} {msg}", key.replace('_', "-"))),
+        false => {
             let d = Diagnostic::error(code, msg);
             match at(key) {
                 Some(s) => d.at(s, "in the project settings"),
@@ -133,7 +133,7 @@ pub fn load(root: &Path, overrides: &SettingsFile, files: &mut Files) -> Result<
                         "E0302",
                         format!("unknown time zone `{tz}`"),
                         "time_zone",
-                        &overrides.time_zone,
+                        overrides.time_zone.is_some(),
                     )
                     .suggest(&tz, names),
                 );
@@ -151,7 +151,7 @@ pub fn load(root: &Path, overrides: &SettingsFile, files: &mut Files) -> Result<
                         "E0303",
                         format!("`{w}` is not a day of the week"),
                         "week_start",
-                        &overrides.week_start,
+                        overrides.week_start.is_some(),
                     )
                     .note("write a day such as monday or sunday"),
                 );
@@ -169,7 +169,7 @@ pub fn load(root: &Path, overrides: &SettingsFile, files: &mut Files) -> Result<
                         "E0304",
                         format!("`{m}` is not a month"),
                         "fiscal_year_start",
-                        &overrides.fiscal_year_start,
+                        overrides.fiscal_year_start.is_some(),
                     )
                     .note("write a month such as january or april"),
                 );
@@ -182,10 +182,14 @@ pub fn load(root: &Path, overrides: &SettingsFile, files: &mut Files) -> Result<
         Some(m) => match parse_bytes(&m) {
             Some(b) if MEMORY_LIMITS.contains(&b) => Some(b as usize),
             Some(_) => {
-                let flag = &overrides.memory_limit;
                 errors.push(
-                    err("E0307", format!("`{m}` is out of range"), "memory_limit", flag)
-                        .note(format!("a memory limit is from {MEMORY_RANGE}")),
+                    err(
+                        "E0307",
+                        format!("`{m}` is out of range"),
+                        "memory_limit",
+                        overrides.memory_limit.is_some(),
+                    )
+                    .note(format!("a memory limit is from {MEMORY_RANGE}")),
                 );
                 None
             }
@@ -195,7 +199,7 @@ pub fn load(root: &Path, overrides: &SettingsFile, files: &mut Files) -> Result<
                         "E0305",
                         format!("`{m}` is not a memory size"),
                         "memory_limit",
-                        &overrides.memory_limit,
+                        overrides.memory_limit.is_some(),
                     )
                     .note("write a size such as 512MB, 2GB or 1.5GiB"),
                 );
@@ -205,13 +209,14 @@ pub fn load(root: &Path, overrides: &SettingsFile, files: &mut Files) -> Result<
     };
     let threads = match (overrides.threads, file.threads) {
         (Some(t), _) | (None, Some(t)) if !THREADS.contains(&t) => {
-            let flag = overrides.threads.map(|t| t.to_string());
             errors.push(
-                err("E0307", format!("`{t}` is out of range"), "threads", &flag).note(format!(
-                    "threads are from {} to {}",
-                    THREADS.start(),
-                    THREADS.end()
-                )),
+                err(
+                    "E0307",
+                    format!("`{t}` is out of range"),
+                    "threads",
+                    overrides.threads.is_some(),
+                )
+                .note(format!("threads are from {} to {}", THREADS.start(), THREADS.end())),
             );
             None
         }
@@ -230,7 +235,7 @@ pub fn load(root: &Path, overrides: &SettingsFile, files: &mut Files) -> Result<
         Some(text) => match parse_seconds(&text) {
             Some(d) if WEBHOOK_DEADLINES.contains(&d) => d,
             parsed => {
-                let flag = &overrides.webhook_deadline;
+                let flag = overrides.webhook_deadline.is_some();
                 let what = match parsed {
                     Some(_) => format!("`{text}` is out of range"),
                     None => format!("`{text}` is not a duration"),

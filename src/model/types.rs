@@ -127,13 +127,17 @@ impl Model {
     pub fn unjoined(&self, metric: MetricId, dimension: DimensionId) -> Option<(SourceId, SourceId)> {
         let mut measures = Vec::new();
         self.measures_of(metric, &mut measures);
+        measures.iter().find_map(|&m| {
+            let from = self.measures[m].source;
+            self.unreachable(from, dimension).map(|to| (from, to))
+        })
+    }
+
+    /// The first source a dimension reads that `from` does not join, if any.
+    pub fn unreachable(&self, from: SourceId, dimension: DimensionId) -> Option<SourceId> {
         let mut used = Vec::new();
         self.dimensions[dimension].expr.sources(&mut used);
-        measures.iter().map(|&m| self.measures[m].source).find_map(|from| {
-            used.iter()
-                .find(|&&to| self.join_path(from, to).is_none())
-                .map(|&to| (from, to))
-        })
+        used.into_iter().find(|&to| self.join_path(from, to).is_none())
     }
 
     /// The sources a metric reads, directly or through other metrics, each once.

@@ -554,9 +554,7 @@ fn scan_plan(
     let mut dims = Vec::new();
     for &d in spec.dims {
         let dim = &model.dimensions[d];
-        let mut used = Vec::new();
-        dim.expr.sources(&mut used);
-        if let Some(&s) = used.iter().find(|&&s| model.join_path(source, s).is_none()) {
+        if let Some(s) = model.unreachable(source, d) {
             return Err(Diagnostic::usage(
                 "E0702",
                 format!(
@@ -570,7 +568,7 @@ fn scan_plan(
             .at(dim.span, "this dimension")
             .also(src.span, "declare a many-to-one join in this source"));
         }
-        needed.extend(used);
+        dim.expr.sources(&mut needed);
         dims.push(&dim.expr);
     }
     let filter = match &query.filter {
@@ -627,10 +625,11 @@ fn scan_plan(
         conditions.push(row_expr(model, f));
     }
     let condition = conditions.into_iter().reduce(Expr::and);
-    let period = match (spec.grain, time) {
-        (Some(g), Some(t)) => Some(period_expr(&time_of(t), g, calendar).alias(PERIOD)),
+    let period_key = match (spec.grain, time) {
+        (Some(g), Some(t)) => Some(period_expr(&time_of(t), g, calendar)),
         _ => None,
     };
+    let period = period_key.clone().map(|p| p.alias(PERIOD));
     let day = time.map(|t| period_expr(&time_of(t), Grain::Day, calendar));
 
     let plain = matches!(spec.shape, Shape::Plain) && spec.conversion.is_none();
@@ -715,9 +714,9 @@ fn scan_plan(
                 Window::Cumulative => Some(lit(0i32)),
                 Window::ToDate(g) => time.map(|t| period_expr(&time_of(t), *g, calendar)),
             };
-            let mut day = match (days.by_period, time) {
-                (true, Some(t)) => period_expr(&time_of(t), spec.grain.expect("windows have a grain"), calendar),
-                _ => day.expect("a time column"),
+            let mut day = match days.by_period {
+                true => period_key.expect("windows have a grain and a time column"),
+                false => day.expect("a time column"),
             };
             if let Some(h) = days.history {
                 // Every earlier day counts as the history day.

@@ -17,43 +17,42 @@ fn tally_in(root: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// A project of these files (paths relative to its root) in a new temporary folder.
+fn project_with(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path(), files);
+    dir
+}
+
 const SECRET: &str = "TOPSECRET";
 
 #[cfg(unix)]
 #[test]
 fn no_source_reads_outside_the_data_root_through_a_link() {
     use std::os::unix::fs::symlink;
-    let outside = tempfile::tempdir().unwrap();
+    let outside = project_with(&[
+        ("secret.csv", format!("id,leaked\n1,{SECRET}\n").as_bytes()),
+        ("region=x/part.csv", format!("id,v\n7,{SECRET}\n").as_bytes()),
+    ]);
     let o = outside.path();
-    write_files(
-        o,
-        &[
-            ("secret.csv", format!("id,leaked\n1,{SECRET}\n").as_bytes()),
-            ("region=x/part.csv", format!("id,v\n7,{SECRET}\n").as_bytes()),
-        ],
-    );
-    let project = tempfile::tempdir().unwrap();
+    let project = project_with(&[
+        ("data/fine.csv", b"id,leaked\n2,fine\n"),
+        ("data/hive/region=a/part.csv", b"id,v\n1,inside\n"),
+        (
+            "m.tally",
+            concat!(
+                "source lk { file: \"data/leak*.csv\" key: id }\n",
+                "source pw { file: \"data/pass*.csv\" key: id }\n",
+                "source hv { file: \"data/hive\" key: id }\n",
+                "source ln { file: \"data/linked/secret.csv\" key: id }\n",
+                "source fine { file: \"data/fine*.csv\" key: id }\n",
+                "metric lkn = count(lk)\nmetric hvn = count(hv)\nmetric finen = count(fine)\n",
+                "dimension leaked = lk.leaked\n",
+            )
+            .as_bytes(),
+        ),
+    ]);
     let root = project.path();
-    write_files(
-        root,
-        &[
-            ("data/fine.csv", b"id,leaked\n2,fine\n"),
-            ("data/hive/region=a/part.csv", b"id,v\n1,inside\n"),
-            (
-                "m.tally",
-                concat!(
-                    "source lk { file: \"data/leak*.csv\" key: id }\n",
-                    "source pw { file: \"data/pass*.csv\" key: id }\n",
-                    "source hv { file: \"data/hive\" key: id }\n",
-                    "source ln { file: \"data/linked/secret.csv\" key: id }\n",
-                    "source fine { file: \"data/fine*.csv\" key: id }\n",
-                    "metric lkn = count(lk)\nmetric hvn = count(hv)\nmetric finen = count(fine)\n",
-                    "dimension leaked = lk.leaked\n",
-                )
-                .as_bytes(),
-            ),
-        ],
-    );
     symlink(o.join("secret.csv"), root.join("data/leak1.csv")).unwrap();
     symlink("/etc/passwd", root.join("data/passwd1.csv")).unwrap();
     symlink(o.join("region=x"), root.join("data/hive/region=x")).unwrap();
@@ -127,18 +126,14 @@ fn no_source_reads_outside_the_data_root_through_a_link() {
 #[cfg(unix)]
 #[test]
 fn a_link_loop_in_a_data_folder_ends() {
-    let project = tempfile::tempdir().unwrap();
+    let project = project_with(&[
+        ("data/events/a.csv", b"id\n1\n2\n"),
+        (
+            "m.tally",
+            b"source ev { file: \"data/events\" key: id }\nmetric n = count(ev)\n",
+        ),
+    ]);
     let root = project.path();
-    write_files(
-        root,
-        &[
-            ("data/events/a.csv", b"id\n1\n2\n"),
-            (
-                "m.tally",
-                b"source ev { file: \"data/events\" key: id }\nmetric n = count(ev)\n",
-            ),
-        ],
-    );
     std::os::unix::fs::symlink(root.join("data/events"), root.join("data/events/again")).unwrap();
     let (code, stdout, stderr) = tally_in(root, &["query", "n", "--format", "csv"]);
     assert_eq!((code, stdout.as_str()), (4, ""), "{stderr}");
@@ -151,18 +146,14 @@ fn a_link_loop_in_a_data_folder_ends() {
 #[test]
 fn a_long_cell_is_cut_in_a_table_and_whole_in_csv_and_json() {
     let long = "x".repeat(70_000);
-    let project = tempfile::tempdir().unwrap();
+    let project = project_with(&[
+        ("data.csv", format!("id,label\n1,{long}\n2,short\n").as_bytes()),
+        (
+            "m.tally",
+            b"source s { file: \"data.csv\" key: id }\nmetric n = count(s)\ndimension label = s.label\n",
+        ),
+    ]);
     let root = project.path();
-    write_files(
-        root,
-        &[
-            ("data.csv", format!("id,label\n1,{long}\n2,short\n").as_bytes()),
-            (
-                "m.tally",
-                b"source s { file: \"data.csv\" key: id }\nmetric n = count(s)\ndimension label = s.label\n",
-            ),
-        ],
-    );
     let (code, stdout, stderr) = tally_in(root, &["query", "n", "--dim", "label"]);
     assert_eq!((code, stderr.as_str()), (0, ""));
     let lines: Vec<&str> = stdout.lines().collect();
@@ -313,19 +304,15 @@ fn flags_out_of_range_are_usage_errors_naming_the_flag_and_the_range() {
 
 #[test]
 fn a_bad_flag_is_blamed_on_the_flag_and_a_bad_line_on_the_file() {
-    let project = tempfile::tempdir().unwrap();
+    let project = project_with(&[
+        ("tally.yaml", b"memory_limit: 2GB\nweek_start: monday\nthreads: 2\n"),
+        ("orders.csv", b"id,at\n1,2026-01-05\n"),
+        (
+            "m.tally",
+            b"source orders { file: \"orders.csv\" time: at key: id }\nmetric n = count(orders)\n",
+        ),
+    ]);
     let root = project.path();
-    write_files(
-        root,
-        &[
-            ("tally.yaml", b"memory_limit: 2GB\nweek_start: monday\nthreads: 2\n"),
-            ("orders.csv", b"id,at\n1,2026-01-05\n"),
-            (
-                "m.tally",
-                b"source orders { file: \"orders.csv\" time: at key: id }\nmetric n = count(orders)\n",
-            ),
-        ],
-    );
     for (flag, value, says) in [
         ("--memory-limit", "abc", "--memory-limit `abc` is not a memory size"),
         (
@@ -370,27 +357,23 @@ fn a_bad_flag_is_blamed_on_the_flag_and_a_bad_line_on_the_file() {
 
 #[test]
 fn check_finds_a_breakdown_a_report_or_alert_cannot_reach() {
-    let project = tempfile::tempdir().unwrap();
+    let project = project_with(&[
+        ("orders.csv", b"id,at,channel\n1,2026-01-05,web\n"),
+        ("labels.csv", b"code,label\na,Alpha\n"),
+        (
+            "m.tally",
+            concat!(
+                "source orders { file: \"orders.csv\" time: at key: id }\n",
+                "source labels { file: \"labels.csv\" key: code }\n",
+                "metric n = count(orders)\nmetric share_n = n / 2\n",
+                "dimension label = labels.label\ndimension channel = orders.channel\n",
+                "report weekly \"Weekly\" {\n  metrics: [share_n]\n  by: label\n}\n",
+                "alert few { when n < 1 per month by label }\n",
+            )
+            .as_bytes(),
+        ),
+    ]);
     let root = project.path();
-    write_files(
-        root,
-        &[
-            ("orders.csv", b"id,at,channel\n1,2026-01-05,web\n"),
-            ("labels.csv", b"code,label\na,Alpha\n"),
-            (
-                "m.tally",
-                concat!(
-                    "source orders { file: \"orders.csv\" time: at key: id }\n",
-                    "source labels { file: \"labels.csv\" key: code }\n",
-                    "metric n = count(orders)\nmetric share_n = n / 2\n",
-                    "dimension label = labels.label\ndimension channel = orders.channel\n",
-                    "report weekly \"Weekly\" {\n  metrics: [share_n]\n  by: label\n}\n",
-                    "alert few { when n < 1 per month by label }\n",
-                )
-                .as_bytes(),
-            ),
-        ],
-    );
     let (code, _, stderr) = tally_in(root, &["check"]);
     assert_eq!(code, 3, "{stderr}");
     assert!(
@@ -465,8 +448,6 @@ fn silent_server() -> u16 {
 #[test]
 fn webhooks_are_delivered_within_one_deadline_and_what_is_late_is_kept() {
     let port = silent_server();
-    let project = tempfile::tempdir().unwrap();
-    let root = project.path();
     let metrics = format!(
         concat!(
             "source orders {{ file: \"orders.csv\" time: at key: id }}\n",
@@ -477,14 +458,12 @@ fn webhooks_are_delivered_within_one_deadline_and_what_is_late_is_kept() {
         ),
         port = port
     );
-    write_files(
-        root,
-        &[
-            ("orders.csv", b"id,at\n1,2026-01-05\n"),
-            ("m.tally", metrics.as_bytes()),
-            ("tally.yaml", b"webhook_deadline: 1s\n"),
-        ],
-    );
+    let project = project_with(&[
+        ("orders.csv", b"id,at\n1,2026-01-05\n"),
+        ("m.tally", metrics.as_bytes()),
+        ("tally.yaml", b"webhook_deadline: 1s\n"),
+    ]);
+    let root = project.path();
     let (code, stdout, stderr) = tally_in(root, &["alerts", "--as-of", "2026-01-31"]);
     assert_eq!(code, 1, "{stdout}{stderr}");
     assert_eq!(stderr.matches("warning[W0803]: cannot notify").count(), 3, "{stderr}");
@@ -499,11 +478,7 @@ fn webhooks_are_delivered_within_one_deadline_and_what_is_late_is_kept() {
 
 #[test]
 fn alert_text_is_escaped_in_markdown_and_annotations() {
-    let project = tempfile::tempdir().unwrap();
-    let root = project.path();
-    write_files(
-        root,
-        &[
+    let project = project_with(&[
             ("orders.csv", b"id,at,channel\n1,2026-01-05,<b>w|eb</b>\n"),
             (
                 "m.tally",
@@ -514,8 +489,8 @@ fn alert_text_is_escaped_in_markdown_and_annotations() {
                 )
                 .as_bytes(),
             ),
-        ],
-    );
+    ]);
+    let root = project.path();
     let (code, stdout, stderr) = tally_in(
         root,
         &["alerts", "--as-of", "2026-01-31", "--no-state", "--format", "markdown"],
@@ -547,18 +522,14 @@ fn alert_text_is_escaped_in_markdown_and_annotations() {
 
 #[test]
 fn two_identical_runs_at_once_write_one_version() {
-    let project = tempfile::tempdir().unwrap();
-    let root = project.path();
-    write_files(
-        root,
-        &[
+    let project = project_with(&[
             ("orders.csv", b"id,at\n1,2026-01-05\n"),
             (
                 "m.tally",
                 b"source orders { file: \"orders.csv\" time: at key: id }\nmetric n = count(orders)\nreport r \"R\" {\n  metrics: [n]\n  grain: month\n}\n",
             ),
-        ],
-    );
+    ]);
+    let root = project.path();
     let start = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
             .args(["run", "--as-of", "2026-01-31", "--color=never", "--project"])
@@ -591,8 +562,7 @@ fn an_alias_bomb_is_refused_at_the_alias() {
             "{name}: &{name} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
         ));
     }
-    let project = tempfile::tempdir().unwrap();
-    write_files(project.path(), &[("m.yaml", yaml.as_bytes())]);
+    let project = project_with(&[("m.yaml", yaml.as_bytes())]);
     let (code, _, stderr) = tally_in(project.path(), &["check"]);
     assert_eq!(code, 3, "{stderr}");
     assert!(
@@ -606,11 +576,7 @@ fn an_alias_bomb_is_refused_at_the_alias() {
 /// the first row.
 #[test]
 fn cumulative_metrics_over_a_row_of_year_one() {
-    let project = tempfile::tempdir().unwrap();
-    let root = project.path();
-    write_files(
-        root,
-        &[
+    let project = project_with(&[
             (
                 "ev.csv",
                 b"id,at,customer,amount\n0,0001-01-01,old,100\n1,2026-01-30,a,1\n2,2026-02-01,b,2\n3,2026-02-01,a,3\n4,2026-02-03,c,4\n5,2026-03-10,old,5\n",
@@ -626,8 +592,8 @@ fn cumulative_metrics_over_a_row_of_year_one() {
                 )
                 .as_bytes(),
             ),
-        ],
-    );
+    ]);
+    let root = project.path();
     let (code, stdout, stderr) = tally_in(
         root,
         &[
@@ -682,28 +648,24 @@ fn cumulative_metrics_over_a_row_of_year_one() {
 /// `kill -9`; a state file that is a link is replaced, not written through.
 #[test]
 fn what_held_when_probed() {
-    let project = tempfile::tempdir().unwrap();
+    let project = project_with(&[
+        (
+            "orders.csv",
+            b"id,at,channel\n1,2026-01-05,<img src=x onerror=alert(1)>\n2,2026-01-06,web\n",
+        ),
+        (
+            "m.tally",
+            concat!(
+                "source orders { file: \"orders.csv\" time: at key: id }\n",
+                "metric n \"<script>alert(1)</script>\" = count(orders)\n",
+                "dimension channel = orders.channel\n",
+                "alert few { when n < 5 per month message \"<b>{{ value }}</b>\" }\n",
+                "report r \"<i>R</i>\" {\n  metrics: [n]\n  grain: month\n  by: channel\n}\n",
+            )
+            .as_bytes(),
+        ),
+    ]);
     let root = project.path();
-    write_files(
-        root,
-        &[
-            (
-                "orders.csv",
-                b"id,at,channel\n1,2026-01-05,<img src=x onerror=alert(1)>\n2,2026-01-06,web\n",
-            ),
-            (
-                "m.tally",
-                concat!(
-                    "source orders { file: \"orders.csv\" time: at key: id }\n",
-                    "metric n \"<script>alert(1)</script>\" = count(orders)\n",
-                    "dimension channel = orders.channel\n",
-                    "alert few { when n < 5 per month message \"<b>{{ value }}</b>\" }\n",
-                    "report r \"<i>R</i>\" {\n  metrics: [n]\n  grain: month\n  by: channel\n}\n",
-                )
-                .as_bytes(),
-            ),
-        ],
-    );
     let (code, _, stderr) = tally_in(root, &["run", "--as-of", "2026-01-31"]);
     assert_eq!(code, 0, "{stderr}");
     let version = std::fs::read_dir(root.join("reports"))
