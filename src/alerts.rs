@@ -760,6 +760,7 @@ pub fn deliver(notes: Vec<Notification>, deadline: std::time::Duration) -> Vec<(
                 .build();
             match request.header("Content-Type", "application/json").send(&body[..]) {
                 Ok(_) => return None,
+                Err(e) if Instant::now() >= end => error = format!("{e}; {}", late()),
                 Err(e) => error = e.to_string(),
             }
         }
